@@ -1,2 +1,34 @@
-"""evsim: event-driven simulation of spiking neural networks converted from ANNs."""
+"""evsim: event-driven simulation of spiking neural networks converted from ANNs.
+
+Light names (file format, graph) import at once; the engine, which needs Numba, is
+imported on first use so that ``import evsim`` and ``evsim --help`` stay fast.
+"""
+from .errors import EvsimError
+from .format import load, save
+from .graph import Graph, InputSpec, Node, validate
+
 __version__ = "0.1.0"
+
+# name -> module that defines it; resolved lazily by __getattr__ (PEP 562)
+_LAZY = {
+    "convert": "evsim.convert",
+    "ConversionOptions": "evsim.convert",
+    "compile_network": "evsim.compile",
+    "Network": "evsim.compile",
+    "simulate": "evsim.engine",
+    "Results": "evsim.results",
+    "EnergyModel": "evsim.results",
+    "load_data": "evsim.data_io",
+}
+
+__all__ = ["EvsimError", "Graph", "InputSpec", "Node", "load", "save", "validate", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'evsim' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""The ``evsim`` command line (installed as ``evsim.cli``)."""

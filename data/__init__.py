@@ -1,0 +1,1 @@
+"""Small example models and data sets shipped with evsim (installed as ``evsim.data``)."""

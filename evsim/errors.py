@@ -1,0 +1,98 @@
+"""The one exception tree of evsim.
+
+Every error evsim raises on purpose derives from :class:`EvsimError`; the CLI turns
+them into a single clean line and a non-zero exit code in one place
+(``evsim.cli.main``)::
+
+    EvsimError
+    ├── ModelFileError          the model file cannot be read or breaks format v1
+    │   ├── ContainerError      not a readable .npz / .h5 (truncated, foreign, corrupted)
+    │   ├── ManifestError       JSON, format name/version, keys, unknown op, bad attribute
+    │   ├── ArrayError          missing / unused / wrong dtype / wrong shape / non-finite arrays
+    │   └── GraphError          dangling inputs, cycles, shapes that do not fit
+    ├── ResourceLimitError      declared sizes would need more memory than the limit
+    ├── DataError               a data file (x, y) that cannot be used as it is
+    ├── ConversionError         an ANN that cannot become an SNN as it stands
+    └── CalibrationError        calibration asked for something it cannot do
+
+Messages follow one pattern: *where* (file, node), *what was expected*, *what was
+found*, and *how to fix it*.  :func:`describe` builds that sentence so every
+message reads the same way.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "EvsimError",
+    "ModelFileError",
+    "ContainerError",
+    "ManifestError",
+    "ArrayError",
+    "GraphError",
+    "ResourceLimitError",
+    "DataError",
+    "ConversionError",
+    "CalibrationError",
+    "describe",
+]
+
+
+class EvsimError(Exception):
+    """Base class of every error evsim raises deliberately."""
+
+
+class ModelFileError(EvsimError):
+    """A model file cannot be read, or does not follow the evsim model format v1."""
+
+
+class ContainerError(ModelFileError):
+    """The file is not a readable .npz or .h5 container (truncated, foreign, corrupted)."""
+
+
+class ManifestError(ModelFileError):
+    """The JSON manifest is malformed or names something format v1 does not know."""
+
+
+class ArrayError(ModelFileError):
+    """An array is missing, unused, of the wrong dtype or shape, or not finite."""
+
+
+class GraphError(ModelFileError):
+    """The node graph is not a valid DAG, or shapes do not fit along it."""
+
+
+class ResourceLimitError(EvsimError):
+    """Declared sizes would need more memory than the configured limit."""
+
+
+class DataError(EvsimError):
+    """A data file cannot be used: wrong shape, non-finite values, bad labels."""
+
+
+class ConversionError(EvsimError):
+    """An ANN graph cannot be turned into a spiking network as it stands."""
+
+
+class CalibrationError(EvsimError):
+    """Calibration was asked for something it cannot do with what it was given."""
+
+
+def describe(where: str, expected: str, found: str | None = None, fix: str | None = None) -> str:
+    """Build an error message: ``where: expected X, found Y; fix.``
+
+    Parameters
+    ----------
+    where : str
+        The file and/or node the problem is in, e.g. ``"model.npz, node 'conv1'"``.
+    expected : str
+        What evsim expected there.
+    found : str, optional
+        What it found instead.
+    fix : str, optional
+        How the user can fix it.
+    """
+    text = f"{where}: expected {expected}"
+    if found is not None:
+        text += f", found {found}"
+    if fix:
+        text += f"; {fix}"
+    return text

@@ -1,0 +1,328 @@
+"""Reading and writing the evsim model format v1 (``docs/format.md``).
+
+Two containers hold the same content, a JSON manifest plus named float arrays:
+
+* ``.npz``: entry ``__evsim__`` (0-d unicode array with the JSON), one entry per array;
+* ``.h5`` / ``.hdf5``: root attribute ``evsim`` (the JSON), datasets under ``/arrays``.
+
+Readers look at every array's declared shape and dtype *before* reading it, so a
+crafted header cannot make evsim allocate more than the memory limit, and every
+failure of zipfile, numpy or h5py becomes one :class:`~evsim.errors.ContainerError`
+line naming the file.  Writers are atomic: a temporary file is renamed into place.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import ArrayError, ContainerError, EvsimError, ManifestError, ResourceLimitError, describe
+from .graph import OPS, Graph, InputSpec, Node, memory_limit, validate
+
+__all__ = ["load", "save", "read_container", "write_container", "graph_from_manifest",
+           "manifest_from_graph", "atomic_write"]
+
+FORMAT_NAME = "evsim-model"
+FORMAT_VERSION = 1
+NPZ_MANIFEST = "__evsim__"
+H5_MANIFEST = "evsim"
+H5_GROUP = "arrays"
+_TOP_KEYS = {"format", "version", "kind", "input", "nodes", "output", "metadata"}
+_INPUT_KEYS = {"shape", "scale", "mean", "std"}
+_NODE_KEYS = {"name", "op", "inputs"}
+
+
+# --------------------------------------------------------------------------- containers
+def _check_declared(path, name: str, shape, dtype, limit: int) -> None:
+    if dtype.hasobject:
+        raise ContainerError(describe(f"{path}, array '{name}'", "a numeric array", "a pickled object array",
+                                      "store plain float32/float64 arrays"))
+    nbytes = float(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if nbytes > limit:
+        raise ResourceLimitError(describe(f"{path}, array '{name}'", f"at most {limit} bytes (EVSIM_MEMORY_LIMIT)",
+                                          f"a declared shape {tuple(shape)} of {nbytes:.3g} bytes"))
+
+
+def _read_npz(path: Path, limit: int) -> tuple[str, dict[str, np.ndarray]]:
+    arrays: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                raise ContainerError(describe(str(path), "an .npz archive of .npy entries", repr(info.filename)))
+            name = info.filename[: -len(".npy")]
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                          (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if reader is None:
+                    raise ContainerError(describe(f"{path}, entry '{name}'", ".npy format 1.0 or 2.0", f"{version}"))
+                shape, _, dtype = reader(member)
+                _check_declared(path, name, shape, dtype, limit)
+            with archive.open(info) as member:
+                arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+    if NPZ_MANIFEST not in arrays:
+        raise ContainerError(describe(str(path), f"an entry '{NPZ_MANIFEST}' holding the JSON manifest", "none",
+                                      "is this an evsim model? see docs/format.md"))
+    manifest = arrays.pop(NPZ_MANIFEST)
+    if manifest.shape != () or manifest.dtype.kind not in "US":
+        raise ContainerError(describe(f"{path}, entry '{NPZ_MANIFEST}'", "a 0-d string array",
+                                      f"shape {manifest.shape}, dtype {manifest.dtype}"))
+    text = manifest.item()
+    return (text.decode("utf-8") if isinstance(text, bytes) else text), arrays
+
+
+def _read_h5(path: Path, limit: int) -> tuple[str, dict[str, np.ndarray]]:
+    import h5py
+
+    arrays: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        if H5_MANIFEST not in f.attrs:
+            raise ContainerError(describe(str(path), f"an HDF5 root attribute '{H5_MANIFEST}' holding the JSON manifest",
+                                          "none", "is this an evsim model? see docs/format.md"))
+        text = f.attrs[H5_MANIFEST]
+        if isinstance(text, np.ndarray) and text.shape == ():
+            text = text.item()
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        if not isinstance(text, str):
+            raise ContainerError(describe(f"{path}, attribute '{H5_MANIFEST}'", "a string", type(text).__name__))
+        if H5_GROUP in f:
+            group = f[H5_GROUP]
+            if not isinstance(group, h5py.Group):
+                raise ContainerError(describe(f"{path}, '/{H5_GROUP}'", "a group of datasets", "a dataset"))
+            datasets = []
+            group.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
+            for name, ds in datasets:
+                _check_declared(path, name, ds.shape, ds.dtype, limit)
+                arrays[name] = np.asarray(ds[()])
+    return text, arrays
+
+
+def _write_npz(path: Path, text: str, arrays: dict[str, np.ndarray]) -> None:
+    # zipfile + write_array rather than np.savez: array names are free strings, and
+    # np.savez would refuse a name such as "file".
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, arr in {NPZ_MANIFEST: np.array(text), **arrays}.items():
+            with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(arr), allow_pickle=False)
+
+
+def _write_h5(path: Path, text: str, arrays: dict[str, np.ndarray]) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs[H5_MANIFEST] = text
+        group = f.create_group(H5_GROUP)
+        for name, arr in arrays.items():
+            group.create_dataset(name, data=arr)
+
+
+#: container registry: file extension -> (reader, writer)
+CONTAINERS: dict[str, tuple[Callable, Callable]] = {
+    ".npz": (_read_npz, _write_npz),
+    ".h5": (_read_h5, _write_h5),
+    ".hdf5": (_read_h5, _write_h5),
+}
+
+
+def _container(path: Path) -> tuple[Callable, Callable]:
+    try:
+        return CONTAINERS[path.suffix.lower()]
+    except KeyError:
+        raise ContainerError(describe(str(path), "a file ending in " + ", ".join(CONTAINERS),
+                                      repr(path.suffix or "no extension"))) from None
+
+
+def read_container(path, limit: int | None = None) -> tuple[str, dict[str, np.ndarray]]:
+    """Read the manifest text and the arrays of an ``.npz`` or ``.h5`` file.
+
+    Any failure of the underlying libraries (truncated, corrupted or foreign file)
+    becomes a :class:`ContainerError` that names the file.
+    """
+    path = Path(path)
+    reader, _ = _container(path)
+    if not path.is_file():
+        raise ContainerError(describe(str(path), "an existing file", "nothing at that path"))
+    try:
+        return reader(path, memory_limit() if limit is None else limit)
+    except EvsimError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile/numpy/h5py raise many types for a bad file
+        kind = "HDF5" if reader is _read_h5 else "npz (zip)"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ContainerError(describe(str(path), f"a readable {kind} file",
+                                      f"a truncated, corrupted or foreign file ({reason})")) from None
+
+
+def atomic_write(path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` and rename the result to ``path``; nothing is left half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_container(path, text: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write a manifest and arrays atomically; the container follows the extension."""
+    _, writer = _container(Path(path))
+    if NPZ_MANIFEST in arrays:
+        raise ArrayError(describe(str(path), f"no array named '{NPZ_MANIFEST}' (reserved)", "one"))
+    atomic_write(path, lambda tmp: writer(tmp, text, arrays))
+
+
+# --------------------------------------------------------------------------- manifest <-> graph
+def _require(cond: bool, where: str, expected: str, found, fix: str | None = None) -> None:
+    if not cond:
+        raise ManifestError(describe(where, expected, found if isinstance(found, str) else repr(found), fix))
+
+
+def graph_from_manifest(text: str, arrays: dict[str, np.ndarray], source: str = "<memory>",
+                        limit: int | None = None) -> Graph:
+    """Parse and validate a manifest with its arrays into a :class:`Graph`."""
+    try:
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(describe(f"{source}, manifest", "valid JSON", f"a syntax error ({exc})")) from None
+    _require(isinstance(manifest, dict), f"{source}, manifest", "a JSON object", type(manifest).__name__)
+    _require(manifest.get("format") == FORMAT_NAME, f"{source}, manifest 'format'", repr(FORMAT_NAME),
+             manifest.get("format"))
+    version = manifest.get("version")
+    _require(version == FORMAT_VERSION and not isinstance(version, bool), f"{source}, manifest 'version'",
+             f"{FORMAT_VERSION} (this evsim reads format v{FORMAT_VERSION})", version,
+             "upgrade evsim or re-export the model" if isinstance(version, int) else None)
+    unknown = sorted(set(manifest) - _TOP_KEYS)
+    _require(not unknown, f"{source}, manifest", "keys among " + ", ".join(sorted(_TOP_KEYS)), ", ".join(unknown),
+             "put free-form information inside 'metadata'")
+    for key in ("input", "nodes", "output"):
+        _require(key in manifest, f"{source}, manifest", f"key '{key}'", "none")
+    metadata = manifest.get("metadata", {})
+    _require(isinstance(metadata, dict), f"{source}, manifest 'metadata'", "a JSON object", type(metadata).__name__)
+
+    spec = manifest["input"]
+    _require(isinstance(spec, dict), f"{source}, input", "a JSON object", type(spec).__name__)
+    unknown = sorted(set(spec) - _INPUT_KEYS)
+    _require(not unknown, f"{source}, input", "keys among " + ", ".join(sorted(_INPUT_KEYS)), ", ".join(unknown))
+    shape = spec.get("shape")
+    _require(isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape),
+             f"{source}, input.shape", "a list of integers", shape)
+    for key in ("mean", "std"):
+        _require(spec.get(key) is None or isinstance(spec[key], list), f"{source}, input.{key}", "a list of numbers",
+                 spec.get(key))
+    input_spec = InputSpec(tuple(shape), spec.get("scale"),
+                           None if spec.get("mean") is None else tuple(spec["mean"]),
+                           None if spec.get("std") is None else tuple(spec["std"]))
+
+    raw_nodes = manifest["nodes"]
+    _require(isinstance(raw_nodes, list), f"{source}, nodes", "a list of node objects", type(raw_nodes).__name__)
+    used: set[str] = set()
+    nodes = [_node_from_json(raw, i, arrays, used, source) for i, raw in enumerate(raw_nodes)]
+    unused = sorted(set(arrays) - used)
+    if unused:
+        raise ArrayError(describe(source, "every array to be named by a node",
+                                  f"{len(unused)} unused: {', '.join(unused[:5])}", "remove them or reference them"))
+    output = manifest["output"]
+    _require(isinstance(output, str), f"{source}, output", "a node name", output)
+    graph = Graph(input_spec, nodes, output, kind=manifest.get("kind", "ann"), metadata=metadata, source=source)
+    return validate(graph, limit)
+
+
+def _node_from_json(raw, index: int, arrays: dict, used: set, source: str) -> Node:
+    _require(isinstance(raw, dict), f"{source}, nodes[{index}]", "a JSON object", type(raw).__name__)
+    name = raw.get("name")
+    _require(isinstance(name, str) and name != "", f"{source}, nodes[{index}].name", "a non-empty string", name)
+    where = f"{source}, node '{name}'"
+    op = raw.get("op")
+    _require(op in OPS, where, "an op among " + ", ".join(sorted(OPS)), op)
+    inputs = raw.get("inputs")
+    _require(isinstance(inputs, list) and all(isinstance(s, str) for s in inputs), where,
+             "'inputs': a list of node names", inputs)
+    spec = OPS[op]
+    attrs, node_arrays, names = {}, {}, {}
+    for key, value in raw.items():
+        if key in _NODE_KEYS:
+            continue
+        if key in spec.arrays:
+            _require(isinstance(value, str), f"{where}, '{key}'", "the name of an array", value)
+            if value not in arrays:
+                raise ArrayError(describe(f"{where}, '{key}'", f"array '{value}' in the file", "no such array"))
+            node_arrays[key], names[key] = arrays[value], value
+            used.add(value)
+        else:
+            attrs[key] = value
+    return Node(name, op, tuple(inputs), attrs, node_arrays, names)
+
+
+def manifest_from_graph(graph: Graph) -> tuple[str, dict[str, np.ndarray]]:
+    """The JSON manifest text and the arrays (by file name) of a validated graph."""
+    arrays: dict[str, np.ndarray] = {}
+    nodes = []
+    for node in graph.nodes:
+        entry = {"name": node.name, "op": node.op, "inputs": list(node.inputs), **node.attrs}
+        for role, arr in node.arrays.items():
+            name = node.array_name(role)
+            if name in arrays and arrays[name] is not arr:
+                raise ArrayError(describe(f"node '{node.name}'", "unique array names", f"'{name}' twice"))
+            arrays[name] = arr
+            entry[role] = name
+        nodes.append(entry)
+    spec = {"shape": list(graph.input.shape)}
+    for key in ("scale", "mean", "std"):
+        value = getattr(graph.input, key)
+        if value is not None:
+            spec[key] = value if key == "scale" else list(value)
+    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": graph.kind, "input": spec,
+                "nodes": nodes, "output": graph.output, "metadata": graph.metadata}
+    return json.dumps(manifest, indent=1, default=_json_default), arrays
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in the manifest")
+
+
+# --------------------------------------------------------------------------- public API
+def load(path, limit: int | None = None) -> Graph:
+    """Load and validate an evsim model file (``.npz``, ``.h5`` or ``.hdf5``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The model file; the container follows the extension.
+    limit : int, optional
+        Bytes a model may declare (default: :func:`evsim.graph.memory_limit`).
+
+    Returns
+    -------
+    Graph
+        The validated graph, every node's output shape filled in.
+
+    Raises
+    ------
+    evsim.errors.ModelFileError
+        Any problem with the file, one line naming the file and node.
+    evsim.errors.ResourceLimitError
+        Declared sizes above the memory limit.
+    """
+    text, arrays = read_container(path, limit)
+    return graph_from_manifest(text, arrays, source=str(path), limit=limit)
+
+
+def save(graph: Graph, path) -> None:
+    """Validate ``graph`` and write it atomically to ``path`` (container by extension)."""
+    validate(graph)
+    text, arrays = manifest_from_graph(graph)
+    write_container(path, text, arrays)
