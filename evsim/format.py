@@ -24,7 +24,7 @@ import numpy as np
 from .errors import ArrayError, ContainerError, EvsimError, ManifestError, ResourceLimitError, describe
 from .graph import OPS, Graph, InputSpec, Node, memory_limit, validate
 
-__all__ = ["load", "save", "read_container", "write_container", "graph_from_manifest",
+__all__ = ["load", "save", "read_container", "read_npz_arrays", "write_container", "graph_from_manifest",
            "manifest_from_graph", "atomic_write"]
 
 FORMAT_NAME = "evsim-model"
@@ -38,7 +38,7 @@ _NODE_KEYS = {"name", "op", "inputs"}
 
 
 # --------------------------------------------------------------------------- containers
-def _check_declared(path, name: str, shape, dtype, limit: int) -> None:
+def check_declared(path, name: str, shape, dtype, limit: int) -> None:
     if dtype.hasobject:
         raise ContainerError(describe(f"{path}, array '{name}'", "a numeric array", "a pickled object array",
                                       "store plain float32/float64 arrays"))
@@ -48,7 +48,8 @@ def _check_declared(path, name: str, shape, dtype, limit: int) -> None:
                                           f"a declared shape {tuple(shape)} of {nbytes:.3g} bytes"))
 
 
-def _read_npz(path: Path, limit: int) -> tuple[str, dict[str, np.ndarray]]:
+def read_npz_arrays(path: Path, limit: int) -> dict[str, np.ndarray]:
+    """All arrays of an .npz, each declared shape checked against ``limit`` before reading."""
     arrays: dict[str, np.ndarray] = {}
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
@@ -62,9 +63,14 @@ def _read_npz(path: Path, limit: int) -> tuple[str, dict[str, np.ndarray]]:
                 if reader is None:
                     raise ContainerError(describe(f"{path}, entry '{name}'", ".npy format 1.0 or 2.0", f"{version}"))
                 shape, _, dtype = reader(member)
-                _check_declared(path, name, shape, dtype, limit)
+                check_declared(path, name, shape, dtype, limit)
             with archive.open(info) as member:
                 arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+    return arrays
+
+
+def _read_npz(path: Path, limit: int) -> tuple[str, dict[str, np.ndarray]]:
+    arrays = read_npz_arrays(path, limit)
     if NPZ_MANIFEST not in arrays:
         raise ContainerError(describe(str(path), f"an entry '{NPZ_MANIFEST}' holding the JSON manifest", "none",
                                       "is this an evsim model? see docs/format.md"))
@@ -98,7 +104,7 @@ def _read_h5(path: Path, limit: int) -> tuple[str, dict[str, np.ndarray]]:
             datasets = []
             group.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
             for name, ds in datasets:
-                _check_declared(path, name, ds.shape, ds.dtype, limit)
+                check_declared(path, name, ds.shape, ds.dtype, limit)
                 arrays[name] = np.asarray(ds[()])
     return text, arrays
 

@@ -511,7 +511,7 @@ def _check_arrays(node: Node, spec: OpSpec, where: str) -> None:
             raise ManifestError(describe(where, "array attributes among " + ", ".join(spec.arrays), repr(role)))
         label = f"{where}, array '{node.array_name(role)}'"
         if not isinstance(arr, np.ndarray) or arr.dtype not in (np.float32, np.float64):
-            found = getattr(arr, "dtype", type(arr).__name__)
+            found = f"dtype {arr.dtype}" if isinstance(arr, np.ndarray) else f"a {type(arr).__name__}, not an array"
             raise ArrayError(describe(label, "float32 or float64", str(found), "cast with .astype(np.float32)"))
         if not np.all(np.isfinite(arr)):
             raise ArrayError(describe(label, "finite values", f"{int(np.sum(~np.isfinite(arr)))} NaN/inf"))

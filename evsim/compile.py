@@ -1,0 +1,576 @@
+"""SNN graph -> :class:`Network` of neuron populations and sparse projections.
+
+Every ``neuron`` node becomes a :class:`Population`.  The neuron-free nodes between
+populations (conv2d, linear, batchnorm, avgpool2d, global_avgpool, flatten, add) are
+*composed* into projections, so a spike is scattered straight into the membrane
+currents of the next populations (or the output accumulator):
+
+* a chain of convolution-like ops (conv2d, average pooling, unfolded BatchNorm)
+  composes into **one implicit convolution** when that is exact at the borders
+  (checked, :func:`_compose_convs`), e.g. ``avgpool → conv``;
+* anything else (flatten, linear, a composition that would not be exact) becomes a
+  dense or CSR matrix, materialised only under the memory limit;
+* each path ``source → … → target`` is one :class:`Projection`; ``add`` sums paths.
+
+What does not depend on spikes — biases, and everything computed from the analog
+input (direct encoding) — is the *constant current* of each target, evaluated once
+per batch by the NumPy executor with populations held at zero.
+
+A ``maxpool2d`` right after a population becomes a :class:`Gate`: a derived spike
+source that passes, per window, the spikes of the input with the largest accumulated
+spike count (approximate by nature, see docs).
+
+Layouts: populations are (C, H, W), a flat layer of F neurons is (F, 1, 1); the
+engine indexes neuron (c, y, x) as ``(y*W + x)*C + c`` (channels last, so one event
+of a convolution touches contiguous rows of C_out weights).  Matrices here are built
+in channels-first flat order (as in the file format) and permuted at the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from .ann import forward
+from .errors import ConversionError, describe
+from .graph import Graph, memory_limit, node_macs
+
+__all__ = ["Population", "Gate", "Projection", "Network", "compile_network", "ConvOp", "MatrixOp",
+           "compose_path", "conv_matrix", "hwc_order", "to_engine_layout"]
+
+Shape3 = tuple[int, int, int]
+
+
+def _shape3(shape) -> Shape3:
+    return tuple(shape) if len(shape) == 3 else (int(shape[0]), 1, 1)
+
+
+def hwc_order(shape) -> np.ndarray:
+    """``order[n]`` = channels-first flat index of engine (channels-last) index ``n``."""
+    c, h, w = _shape3(shape)
+    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
+
+
+def to_engine_layout(values: np.ndarray) -> np.ndarray:
+    """(B, C, H, W) or (B, F) batch -> (B, N) channels-last flat (C-contiguous)."""
+    if values.ndim == 4:
+        values = values.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(values.reshape(values.shape[0], -1))
+
+
+# --------------------------------------------------------------------------- operators
+@dataclass
+class ConvOp:
+    """An implicit convolution ``(C, H, W) -> (C_out, H_out, W_out)``.
+
+    Source positions at or beyond ``crop`` are never read (treated as zero): they
+    lie past the last window of a pooling that was composed into this convolution.
+    """
+
+    weight: np.ndarray  # (C_out, C_in/groups, kH, kW), float64
+    groups: int
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    in_shape: Shape3
+    crop: tuple[int, int]
+    out_shape: Shape3
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups == self.in_shape[0] == self.out_shape[0]
+
+
+@dataclass
+class MatrixOp:
+    """A materialised linear map; ``matrix`` is (F_in, F_out), channels-first flat."""
+
+    matrix: object  # ndarray or scipy.sparse.csr_matrix
+    in_shape: Shape3
+    out_shape: Shape3
+
+
+def _conv_op(weight, groups, stride, padding, dilation, in_shape) -> ConvOp:
+    c_out, _, kh, kw = weight.shape
+    _, h, w = in_shape
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return ConvOp(np.asarray(weight, dtype=np.float64), groups, tuple(stride), tuple(padding), tuple(dilation),
+                  in_shape, (in_shape[1], in_shape[2]), (c_out, ho, wo))
+
+
+def _depthwise(per_channel: np.ndarray, kernel, stride, padding, in_shape) -> ConvOp:
+    c = in_shape[0]
+    weight = np.broadcast_to(per_channel.reshape(c, 1, 1, 1), (c, 1) + tuple(kernel)).copy()
+    return _conv_op(weight, c, stride, padding, (1, 1), in_shape)
+
+
+def identity(shape) -> ConvOp:
+    """The identity map as a 1x1 depthwise convolution."""
+    s = _shape3(shape)
+    return _depthwise(np.ones(s[0]), (1, 1), (1, 1), (0, 0), s)
+
+
+def conv_matrix(op: ConvOp) -> sp.csr_matrix:
+    """The (F_in, F_out) sparse matrix of a :class:`ConvOp`, channels-first flat."""
+    c_in, h, w = op.in_shape
+    c_out, ho, wo = op.out_shape
+    _, cig, kh, kw = op.weight.shape
+    cog = c_out // op.groups
+    nnz = c_out * cig * kh * kw * ho * wo
+    if nnz * 16 > memory_limit():
+        raise ConversionError(describe("projection", f"a composed connectivity of at most {memory_limit()} bytes",
+                                       f"{nnz} synapses", "raise EVSIM_MEMORY_LIMIT or simplify the network"))
+    co = np.arange(c_out)[:, None, None, None]
+    ci = (co // cog) * cig + np.arange(cig)[None, :, None, None]
+    oy = np.arange(ho)[None, None, :, None]
+    ox = np.arange(wo)[None, None, None, :]
+    rows, cols, vals = [], [], []
+    for ky in range(kh):
+        for kx in range(kw):
+            y = oy * op.stride[0] - op.padding[0] + ky * op.dilation[0]
+            x = ox * op.stride[1] - op.padding[1] + kx * op.dilation[1]
+            ok = (y >= 0) & (y < op.crop[0]) & (x >= 0) & (x < op.crop[1])
+            ok = np.broadcast_to(ok, (c_out, cig, ho, wo))
+            src = (ci * h + y) * w + x
+            dst = (co * ho + oy) * wo + ox
+            val = np.broadcast_to(op.weight[:, :, ky, kx][:, :, None, None], ok.shape)
+            rows.append(np.broadcast_to(src, ok.shape)[ok])
+            cols.append(np.broadcast_to(dst, ok.shape)[ok])
+            vals.append(val[ok])
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=(c_in * h * w, c_out * ho * wo))
+
+
+def _as_matrix(op) -> object:
+    return op.matrix if isinstance(op, MatrixOp) else conv_matrix(op)
+
+
+def _matmul(a, b):
+    if sp.issparse(a):
+        return a @ b
+    if sp.issparse(b):
+        return np.asarray((b.T @ a.T).T)
+    return a @ b
+
+
+def _exact_1d(n_crop: int, k: int, s: int, p: int, d: int, m: int, kb: int, sb: int, pb: int, db: int,
+              mb: int) -> bool:
+    """Whether conv b after conv a (one axis) equals the composed conv at the borders.
+
+    b reads a's output at t = q*sb - pb + j*db; positions t outside [0, m) are zero
+    padding for b, but the composed conv would evaluate a there: exact iff every
+    such evaluation reads only cropped-away source positions.
+    """
+    if d != 1 or db != 1:
+        return False
+    for q in range(mb):
+        for j in range(kb):
+            t = q * sb - pb + j
+            if 0 <= t < m:
+                continue
+            if any(0 <= t * s - p + r < n_crop for r in range(k)):
+                return False
+    return True
+
+
+def _compose_convs(a: ConvOp, b: ConvOp) -> ConvOp | None:
+    """b ∘ a as one convolution, or None where that would not be exact or simple."""
+    kah, kaw = a.weight.shape[2:]
+    kbh, kbw = b.weight.shape[2:]
+    # source positions past a's last window are never read: crop them first
+    crop = tuple(min(a.crop[i], (a.out_shape[1 + i] - 1) * a.stride[i] - a.padding[i]
+                     + a.dilation[i] * (a.weight.shape[2 + i] - 1) + 1) for i in (0, 1))
+    for axis in (0, 1):
+        ka, kb = (kah, kbh) if axis == 0 else (kaw, kbw)
+        if not _exact_1d(crop[axis], ka, a.stride[axis], a.padding[axis], a.dilation[axis], a.out_shape[1 + axis],
+                         kb, b.stride[axis], b.padding[axis], b.dilation[axis], b.out_shape[1 + axis]):
+            return None
+    (sah, saw) = a.stride
+    kh, kw = kah + (kbh - 1) * sah, kaw + (kbw - 1) * saw
+    c_out = b.out_shape[0]
+    if a.depthwise:
+        cig = b.weight.shape[1]
+        cog = c_out // b.groups
+        ch = (np.arange(c_out)[:, None] // cog) * cig + np.arange(cig)[None, :]
+        inner, groups = a.weight[ch, 0], b.groups  # (C_out, cig, kah, kaw)
+        mix = lambda jy, jx: b.weight[:, :, jy, jx][:, :, None, None] * inner  # noqa: E731
+    elif b.depthwise:
+        cig, groups = a.weight.shape[1], a.groups
+        mix = lambda jy, jx: b.weight[:, 0, jy, jx][:, None, None, None] * a.weight  # noqa: E731
+    elif a.groups == b.groups == 1:
+        cig, groups = a.weight.shape[1], 1
+        mix = lambda jy, jx: np.einsum("om,mihw->oihw", b.weight[:, :, jy, jx], a.weight)  # noqa: E731
+    else:
+        return None
+    weight = np.zeros((c_out, cig, kh, kw))
+    for jy in range(kbh):
+        for jx in range(kbw):
+            weight[:, :, jy * sah:jy * sah + kah, jx * saw:jx * saw + kaw] += mix(jy, jx)
+    stride = (a.stride[0] * b.stride[0], a.stride[1] * b.stride[1])
+    padding = (b.padding[0] * a.stride[0] + a.padding[0], b.padding[1] * a.stride[1] + a.padding[1])
+    return ConvOp(weight, groups, stride, padding, (1, 1), a.in_shape, crop, b.out_shape)
+
+
+def _is_identity(op) -> bool:
+    return (isinstance(op, ConvOp) and op.depthwise and op.weight.shape[2:] == (1, 1) and op.stride == (1, 1)
+            and op.padding == (0, 0) and op.crop == op.in_shape[1:] and bool(np.all(op.weight == 1)))
+
+
+def _then_conv(op, conv: ConvOp):
+    if _is_identity(op):
+        return conv
+    if isinstance(op, ConvOp):
+        composed = _compose_convs(op, conv)
+        if composed is not None:
+            return composed
+    return MatrixOp(_matmul(_as_matrix(op), conv_matrix(conv)), op.in_shape, conv.out_shape)
+
+
+def _step_conv(op, node, structural):
+    a = node.attrs
+    w = np.ones_like(node.arrays["weight"]) if structural else node.arrays["weight"]
+    return _then_conv(op, _conv_op(w, a["groups"], a["stride"], a["padding"], a["dilation"], op.out_shape))
+
+
+def _step_avgpool(op, node, structural):
+    a = node.attrs
+    value = 1.0 if structural else 1.0 / (a["kernel"][0] * a["kernel"][1])
+    return _then_conv(op, _depthwise(np.full(op.out_shape[0], value), a["kernel"], a["stride"], a["padding"],
+                                     op.out_shape))
+
+
+def _step_global_avgpool(op, node, structural):
+    _, h, w = op.out_shape
+    value = 1.0 if structural else 1.0 / (h * w)
+    return _then_conv(op, _depthwise(np.full(op.out_shape[0], value), (h, w), (h, w), (0, 0), op.out_shape))
+
+
+def _step_batchnorm(op, node, structural):
+    p = node.arrays
+    scale = np.ones(len(p["gamma"])) if structural else p["gamma"] / np.sqrt(p["var"] + node.attrs["eps"])
+    if isinstance(op, MatrixOp):
+        per_column = np.repeat(scale, op.out_shape[1] * op.out_shape[2])
+        m = op.matrix.multiply(per_column[None, :]).tocsr() if sp.issparse(op.matrix) else op.matrix * per_column
+        return MatrixOp(m, op.in_shape, op.out_shape)
+    return _then_conv(op, _depthwise(scale, (1, 1), (1, 1), (0, 0), op.out_shape))
+
+
+def _step_flatten(op, node, structural):
+    c, h, w = op.out_shape
+    if h * w == 1:  # (C, 1, 1) and (C,) share one layout
+        return op
+    return MatrixOp(_as_matrix(op), op.in_shape, (c * h * w, 1, 1))
+
+
+def _step_linear(op, node, structural):
+    w = node.arrays["weight"]
+    w = np.ones_like(w) if structural else w.astype(np.float64)
+    matrix = _matmul(_as_matrix(op), w.T)
+    return MatrixOp(np.asarray(matrix.todense()) if sp.issparse(matrix) else matrix, op.in_shape,
+                    (w.shape[0], 1, 1))
+
+
+#: op name -> how a path operator continues through that node (add: paths are summed)
+COMPOSE = {
+    "conv2d": _step_conv,
+    "avgpool2d": _step_avgpool,
+    "global_avgpool": _step_global_avgpool,
+    "batchnorm": _step_batchnorm,
+    "flatten": _step_flatten,
+    "linear": _step_linear,
+    "add": lambda op, node, structural: op,
+}
+
+
+def compose_path(chain, source_shape, structural: bool = False):
+    """Compose the nodes of one path into a :class:`ConvOp` or :class:`MatrixOp`.
+
+    With ``structural=True`` every weight is replaced by one, so the result's non-zero
+    pattern is the structural connectivity (no cancellation can hide a synapse).
+    """
+    op = identity(source_shape)
+    for node in chain:
+        op = COMPOSE[node.op](op, node, structural)
+    return op
+
+
+# --------------------------------------------------------------------------- network pieces
+@dataclass
+class Population:
+    """Neurons that replaced one activation node (same name).
+
+    ``theta`` is per channel; ``unit`` is the payload of one spike count (θ, or θ/τ
+    for Group Neurons); ``v0`` is per neuron in engine layout.
+    """
+
+    name: str
+    model: str
+    reset: str
+    tau: int
+    shape: Shape3
+    theta: np.ndarray
+    unit: np.ndarray
+    v0: np.ndarray
+    input_node: str
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class Gate:
+    """Spiking max pooling after a population: a derived source of spike counts."""
+
+    name: str
+    parent: str
+    population: str
+    in_shape: Shape3
+    out_shape: Shape3
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    unit: np.ndarray
+
+
+@dataclass
+class Projection:
+    """Composed connectivity from one source (population or gate) to one target.
+
+    ``kind`` is ``conv`` (implicit convolution, ``weight`` (kH, kW, C_src, C_out/groups)
+    and ``geometry``), ``dense`` (``weight`` (N_src, N_dst)) or ``csr``
+    (``indptr``, ``indices``, ``data``); weights in engine layout with the source's
+    payload unit folded in.  ``fanout`` counts structural synapses per source neuron.
+    """
+
+    source: str
+    target: str
+    path: tuple[str, ...]
+    kind: str
+    fanout: np.ndarray
+    weight: np.ndarray | None = None
+    geometry: tuple[int, ...] = ()
+    indptr: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    data: np.ndarray | None = None
+
+    @property
+    def synapses(self) -> int:
+        return int(self.fanout.sum())
+
+
+@dataclass
+class Network:
+    """A compiled SNN: populations, gates, projections, and what stays constant."""
+
+    graph: Graph
+    populations: list[Population]
+    gates: list[Gate]
+    projections: list[Projection]
+    output: str
+    output_shape: tuple[int, ...]
+    input_macs: int
+    ann_macs: int
+    static: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def population(self, name: str) -> Population:
+        return next(p for p in self.populations if p.name == name)
+
+    def targets(self) -> list[tuple[str, str, Shape3]]:
+        """(target name, node whose value is its input current, shape) in processing order."""
+        out = [(p.name, p.input_node, p.shape) for p in self.populations]
+        return out + [(self.output, self.output, _shape3(self.output_shape))]
+
+    def fanout(self, source: str) -> np.ndarray:
+        """Total structural fan-out per neuron of a source over all its projections."""
+        shape = self._source_shape(source)
+        total = np.zeros(int(np.prod(shape)), dtype=np.int64)
+        for proj in self.projections:
+            if proj.source == source:
+                total += proj.fanout
+        return total
+
+    def _source_shape(self, name: str) -> Shape3:
+        for p in self.populations:
+            if p.name == name:
+                return p.shape
+        return next(g.out_shape for g in self.gates if g.name == name)
+
+    def constant_currents(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-step constant current of every target for raw inputs ``x``, engine layout, float64.
+
+        Bias and everything computed from the analog input (direct encoding), with
+        all populations silent; sample-independent parts were evaluated once at compile.
+        """
+        zeros = {p.name: np.zeros((1,) + self.graph.node(p.name).shape) for p in self.populations}
+        zeros.update({g.name: np.zeros((1,) + self.graph.node(g.name).shape) for g in self.gates})
+        values = forward(self.graph, x, wanted=[node for _, node, _ in self.targets()],
+                         fixed={**zeros, **self.static})
+        out = {}
+        for target, node, shape in self.targets():
+            value = np.broadcast_to(values[node], (len(x),) + values[node].shape[1:])
+            out[target] = to_engine_layout(value.reshape((len(x),) + self.graph.shape_of(node)))
+        return out
+
+
+# --------------------------------------------------------------------------- compilation
+def _classify(graph: Graph) -> dict[str, str]:
+    """'const' (depends on the input only), 'population', 'gate' or 'linear' per node."""
+    kind = {"input": "const"}
+    for node in graph.nodes:
+        where = f"{graph.source}, node '{node.name}'"
+        if node.op == "neuron":
+            kind[node.name] = "population"
+        elif node.op == "maxpool2d" and kind[node.inputs[0]] in ("population", "gate"):
+            kind[node.name] = "gate"
+        elif all(kind[s] == "const" for s in node.inputs):
+            kind[node.name] = "const"
+        elif node.op == "maxpool2d":
+            raise ConversionError(describe(
+                where, "max pooling directly after an activation (or on the analog input)",
+                f"max pooling of '{node.inputs[0]}' ({graph.node(node.inputs[0]).op})",
+                "for monotone activations pool after the activation instead: act(maxpool(x)) = maxpool(act(x))"))
+        elif node.op not in COMPOSE:
+            raise ConversionError(describe(where, "an op the SNN can carry (" + ", ".join(sorted(COMPOSE)) + ")",
+                                           repr(node.op)))
+        else:
+            kind[node.name] = "linear"
+    return kind
+
+
+def _paths(graph: Graph, kind: dict, name: str) -> list[tuple[str, list]]:
+    """Every (source, chain of nodes) that carries spikes into node ``name``."""
+    if kind[name] in ("population", "gate"):
+        return [(name, [])]
+    if kind[name] == "const":
+        return []
+    node = graph.node(name)
+    return [(src, chain + [node]) for inp in node.inputs for src, chain in _paths(graph, kind, inp)]
+
+
+def _fanout(structural, shape: Shape3) -> np.ndarray:
+    """Structural fan-out per source neuron (engine layout) of a composed operator."""
+    if isinstance(structural, MatrixOp):
+        m = structural.matrix
+        counts = np.diff(sp.csr_matrix(m).indptr) if sp.issparse(m) else np.count_nonzero(m, axis=1)
+        return np.asarray(counts, dtype=np.int64)[hwc_order(shape)]
+    op = structural
+    c, h, w = op.in_shape
+    c_out, cig, kh, kw = op.weight.shape
+    cog = c_out // op.groups
+    support = (op.weight != 0).astype(np.int64)
+    # per[c, ky, kx]: synapses of channel c per valid tap, summed over its group's outputs
+    per = support.reshape(op.groups, cog, cig, kh, kw).sum(axis=1).reshape(c, kh, kw)
+
+    def valid(size, crop, k, s, p, d, out):
+        pos = np.arange(size)[None, :] + p - np.arange(k)[:, None] * d
+        ok = (pos % s == 0) & (pos // s >= 0) & (pos // s < out) & (np.arange(size)[None, :] < crop)
+        return ok.astype(np.int64)  # (k, size)
+
+    vy = valid(h, op.crop[0], kh, op.stride[0], op.padding[0], op.dilation[0], op.out_shape[1])
+    vx = valid(w, op.crop[1], kw, op.stride[1], op.padding[1], op.dilation[1], op.out_shape[2])
+    fan = np.einsum("ckl,ky,lx->yxc", per, vy, vx)
+    return np.ascontiguousarray(fan.reshape(-1), dtype=np.int64)
+
+
+def _projection(source: str, target: str, chain, src_shape: Shape3, unit: np.ndarray) -> Projection:
+    op = compose_path(chain, src_shape)
+    structural = compose_path(chain, src_shape, structural=True)
+    fanout = _fanout(structural, src_shape)
+    path = tuple(n.name for n in chain)
+    if isinstance(op, ConvOp):
+        c_out, cig, kh, kw = op.weight.shape
+        c_in, g = op.in_shape[0], op.groups
+        # (C_out, cig, kh, kw) -> (kh, kw, C_in, C_out/g): row [ky, kx, c] feeds one group's outputs
+        w = op.weight.reshape(g, c_out // g, cig, kh, kw).transpose(3, 4, 0, 2, 1).reshape(kh, kw, c_in, c_out // g)
+        w = w * unit[None, None, :, None]
+        geometry = (*op.in_shape[1:], c_in, *op.crop, *op.out_shape[1:], c_out, kh, kw,
+                    *op.stride, *op.padding, *op.dilation, g)
+        return Projection(source, target, path, "conv", fanout, np.ascontiguousarray(w), geometry)
+    rows, cols = hwc_order(op.in_shape), hwc_order(op.out_shape)
+    scale = np.tile(unit, op.in_shape[1] * op.in_shape[2])  # engine layout: channel = n % C
+    if sp.issparse(op.matrix):
+        m = sp.csr_matrix(op.matrix)[rows][:, cols]
+        m = sp.csr_matrix(sp.diags(scale) @ m)
+        m.sort_indices()
+        return Projection(source, target, path, "csr", fanout, indptr=m.indptr.astype(np.int64),
+                          indices=m.indices.astype(np.int64), data=m.data)
+    m = np.asarray(op.matrix)[rows][:, cols] * scale[:, None]
+    return Projection(source, target, path, "dense", fanout, np.ascontiguousarray(m))
+
+
+def _per_neuron(value: np.ndarray, shape: Shape3) -> np.ndarray:
+    """A scalar, per-channel or full-shape (channels-first) parameter -> per neuron, engine layout."""
+    c, h, w = shape
+    value = np.asarray(value, dtype=np.float64)
+    if value.ndim <= 1:
+        full = np.broadcast_to(value.reshape(-1, 1, 1) if value.ndim else value, (c, h, w))
+    else:
+        full = value.reshape(c, h, w)
+    return np.ascontiguousarray(full.transpose(1, 2, 0).reshape(-1))
+
+
+def compile_network(graph: Graph) -> Network:
+    """Compile a validated SNN graph (kind "snn") into a :class:`Network`.
+
+    Raises
+    ------
+    ConversionError
+        An ANN graph (convert it first), a max pooling that is not right after an
+        activation, or a composition too large for the memory limit.
+    """
+    if graph.kind != "snn":
+        raise ConversionError(describe(graph.source, "an SNN graph (kind 'snn')", f"kind {graph.kind!r}",
+                                       "convert it first with evsim.convert(graph)"))
+    kind = _classify(graph)
+    if kind[graph.output] == "gate":
+        raise ConversionError(describe(f"{graph.source}, output '{graph.output}'", "a linear output node",
+                                       "a max pooling of spikes"))
+    populations: list[Population] = []
+    units: dict[str, np.ndarray] = {}
+    gates: list[Gate] = []
+    for node in graph.nodes:
+        if kind[node.name] == "population":
+            shape = _shape3(node.shape)
+            tau = node.attrs.get("tau", 1)
+            theta = np.broadcast_to(node.arrays["threshold"].astype(np.float64), (shape[0],)).copy()
+            unit = theta / tau
+            populations.append(Population(node.name, node.attrs["model"], node.attrs.get("reset", "subtract"), tau,
+                                          shape, theta, unit, _per_neuron(node.arrays["v0"], shape), node.inputs[0]))
+            units[node.name] = unit
+        elif kind[node.name] == "gate":
+            parent = node.inputs[0]
+            root = next((g.population for g in gates if g.name == parent), parent)
+            a = node.attrs
+            gates.append(Gate(node.name, parent, root, _shape3(graph.shape_of(parent)), _shape3(node.shape),
+                              tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]), units[parent]))
+            units[node.name] = units[parent]
+
+    network = Network(graph, populations, gates, [], graph.output, tuple(graph.node(graph.output).shape),
+                      input_macs=0, ann_macs=0)
+    shapes = {p.name: p.shape for p in populations} | {g.name: g.out_shape for g in gates}
+    for target, input_node, _ in network.targets():
+        for source, chain in _paths(graph, kind, input_node):
+            network.projections.append(_projection(source, target, chain, shapes[source], units[source]))
+
+    for node in graph.nodes:
+        macs = node_macs(node, [graph.shape_of(s) for s in node.inputs])
+        network.ann_macs += macs
+        if kind[node.name] == "const":
+            network.input_macs += macs
+    # values that depend on neither input nor spikes (bias propagation) are computed once
+    static = [n.name for n in graph.nodes if kind[n.name] == "linear" and _is_static(graph, kind, n.name)]
+    if static:
+        zeros = {s: np.zeros((1,) + graph.node(s).shape) for s in shapes}
+        network.static = forward(graph, None, wanted=static, fixed=zeros)
+    return network
+
+
+def _is_static(graph: Graph, kind: dict, name: str) -> bool:
+    if kind[name] in ("population", "gate"):
+        return True
+    if kind[name] == "const":
+        return False
+    return all(_is_static(graph, kind, s) for s in graph.node(name).inputs)
