@@ -70,5 +70,130 @@ def inspect(model, as_json):
     click.echo(f"total: {t['params']:,} parameters, {t['macs']:,} MACs (conv/linear), {t['neurons']:,} neurons")
 
 
+NEURON_CHOICES = {"if": "if", "signed-if": "signed_if", "gn": "gn"}
+
+
+def neuron_options(func):
+    """The options that choose the neuron model (shared by run, convert and demo)."""
+    func = click.option("--reset", type=click.Choice(["subtract", "zero"]), default=None,
+                        help="IF reset after a spike (default subtract; zero is for comparison).")(func)
+    func = click.option("--v0", "v0", type=click.Choice(["half", "zero"]), default=None,
+                        help="Initial potential: half a payload unit (OPI, default) or zero.")(func)
+    func = click.option("--tau", type=click.IntRange(min=1), default=None,
+                        help="Members per Group Neuron (with --neuron gn; default 4).")(func)
+    func = click.option("--neuron", type=click.Choice(list(NEURON_CHOICES)), default=None,
+                        help="Neuron model: IF (default), signed IF (Fast-SNN) or Group Neurons.")(func)
+    return func
+
+
+def conversion_options(neuron, tau, v0, reset):
+    """ConversionOptions from CLI flags, or None when none was given."""
+    if neuron is None and tau is None and v0 is None and reset is None:
+        return None
+    from evsim.convert import ConversionOptions
+
+    return ConversionOptions(neuron=NEURON_CHOICES[neuron or "if"], tau=4 if tau is None else tau,
+                             v0=v0 or "half", reset=reset or "subtract")
+
+
+def report_steps(T: int) -> list[int]:
+    """Time-steps to print: 1, 2, 4, 8, ... and T."""
+    steps, t = [], 1
+    while t < T:
+        steps.append(t)
+        t *= 2
+    return steps + [T]
+
+
+def energy_model(preset, e_mac, e_ac):
+    from dataclasses import replace
+
+    from evsim.results import EnergyModel
+
+    model = EnergyModel.preset(preset)
+    if e_mac is not None or e_ac is not None:
+        model = replace(model, e_mac_pj=model.e_mac_pj if e_mac is None else e_mac,
+                        e_ac_pj=model.e_ac_pj if e_ac is None else e_ac, name=f"{model.name} (custom)",
+                        source=f"{model.source}; overridden on the command line")
+    return model
+
+
+def run_model(model_path, data, T, batch_size, samples, precision, options, energy, with_ann=True, graph=None):
+    """Load model and data, simulate with a progress bar on a terminal; return Results."""
+    import evsim
+    from evsim.ann import predict
+    from evsim.data_io import load_data
+
+    graph = graph if graph is not None else evsim.load(model_path)
+    n_classes = 1
+    for d in graph.node(graph.output).shape:
+        n_classes *= d
+    x, y = load_data(data, graph.input.shape, n_classes, samples)
+    with click.progressbar(length=len(x), label="simulating", file=sys.stderr, show_pos=True,
+                           hidden=not sys.stderr.isatty()) as bar:
+        results = evsim.simulate(graph, x, y, T=T, batch_size=batch_size, precision=precision, options=options,
+                                 energy=energy, progress=bar.update)
+    if with_ann and y is not None and graph.kind == "ann":
+        results.ann_accuracy = float((predict(graph, x) == y).mean())
+    results.settings["data"] = str(data)
+    return results
+
+
+def print_results(results, verbose=False):
+    """Accuracy per time-step, the per-layer table and the totals."""
+    r = results
+    if r.accuracy is not None:
+        ann = "" if r.ann_accuracy is None else f"   (ANN {100 * r.ann_accuracy:.2f} %)"
+        click.echo(f"accuracy over {r.samples} samples{ann}")
+        rows = [[t, f"{100 * r.accuracy[t - 1]:.2f}", f"{sum(r.sops_per_step[:t]):,.0f}",
+                 f"{r.energy_snn_at(t) / 1e6:.3f}"] for t in report_steps(r.T)]
+        click.echo(format_table(["T", "accuracy %", "SOPs/sample", "energy uJ"], rows))
+    else:
+        click.echo(f"{r.samples} samples (no labels: accuracy not computed)")
+    click.echo("")
+    rows = [[l.name, f"{l.neurons:,}", f"{l.firing_rate:.4f}", f"{l.spikes:,.1f}", f"{l.sops:,.0f}"]
+            for l in r.layers]
+    click.echo(format_table(["layer", "neurons", "rate/step", "spikes/sample", "SOPs/sample"], rows))
+    click.echo("")
+    click.echo(f"per sample over T={r.T}: {r.sops:,.0f} SOPs, {r.spikes:,.0f} spikes, "
+               f"{r.macs:,} first-layer MACs ({r.first_layer_macs:,} per step)")
+    ratio = r.energy_snn_pj / r.energy_ann_pj if r.energy_ann_pj else float("nan")
+    click.echo(f"energy per sample ({r.energy.name}: E_MAC {r.energy.e_mac_pj} pJ, E_AC {r.energy.e_ac_pj} pJ): "
+               f"SNN {r.energy_snn_pj / 1e6:.3f} uJ, ANN {r.energy_ann_pj / 1e6:.3f} uJ ({ratio:.2f}x)")
+    if verbose:
+        t = r.timing
+        click.echo(f"time: compile {t['compile_s']:.2f} s, simulate {t['simulate_s']:.2f} s "
+                   f"(first batch {t['first_batch_s']:.2f} s, includes any JIT compilation)")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", "data", required=True, type=click.Path(dir_okay=False),
+              help=".npz or .h5 with x (N, C, H, W) or (N, F) raw values and optional labels y.")
+@click.option("-T", "--timesteps", "T", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Time-steps to simulate.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Use only the first N samples.")
+@click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@neuron_options
+@click.option("--energy", "energy_preset", type=click.Choice(["45nm-fp32", "45nm-int32", "45nm-int8"]),
+              default="45nm-fp32", show_default=True, help="Energy constants (Horowitz 2014).")
+@click.option("--e-mac", type=float, default=None, help="Override E_MAC in pJ.")
+@click.option("--e-ac", type=float, default=None, help="Override E_AC in pJ.")
+@click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write a JSON report here.")
+@click.option("--no-ann", is_flag=True, help="Do not evaluate the ANN's accuracy.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print where the time went.")
+def run(model, data, T, batch_size, samples, precision, neuron, tau, v0, reset, energy_preset, e_mac, e_ac,
+        report, no_ann, verbose):
+    """Simulate MODEL event by event on DATA; print accuracy per time-step, spikes, SOPs, energy."""
+    options = conversion_options(neuron, tau, v0, reset)
+    results = run_model(model, data, T, batch_size, samples, precision, options,
+                        energy_model(energy_preset, e_mac, e_ac), with_ann=not no_ann)
+    print_results(results, verbose)
+    if report:
+        results.save(report)
+        click.echo(f"report written to {report}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

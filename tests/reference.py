@@ -1,0 +1,450 @@
+"""Slow, obviously-correct NumPy reference implementations used by the tests.
+
+Everything in this file favours clarity over speed: dense arrays, plain loops or simple
+vectorised expressions, no numba, and no code shared with the ``evsim`` package. The tests check
+the fast implementations against these references.
+
+Conventions shared with the engine: a population of shape (C, H, W) is stored in HWC order,
+neuron index ``n = (y*W + x)*C + c``; batch arrays are (B, N). Functions here never modify their
+inputs; they return new arrays.
+"""
+import numpy as np
+
+# ============================================================================================
+# Kernel twins
+# ============================================================================================
+# One twin per kernel of ``evsim._kernels``. Events are represented densely: ``counts`` is a
+# (B, N) int32 array of signed spike counts (0 = no event). ``events_to_dense`` and
+# ``dense_to_events`` convert between that and the kernels' event lists. Arithmetic is done in
+# the dtype of the float arrays passed in, exactly as the kernels must do it.
+
+
+def events_to_dense(ev_idx, ev_cnt, nev, n_neurons):
+    """Event lists -> dense (B, n_neurons) int32 counts; checks the event-list invariants.
+
+    Asserts that each sample's indices are strictly increasing and in range, and that no
+    count is 0.
+    """
+    n_batch = nev.shape[0]
+    counts = np.zeros((n_batch, n_neurons), dtype=np.int32)
+    for b in range(n_batch):
+        idx = np.asarray(ev_idx[b, : nev[b]])
+        cnt = np.asarray(ev_cnt[b, : nev[b]])
+        assert np.all(np.diff(idx) > 0), "event indices must be strictly increasing"
+        assert idx.size == 0 or (idx[0] >= 0 and idx[-1] < n_neurons), "event index out of range"
+        assert np.all(cnt != 0), "event counts must be non-zero"
+        counts[b, idx] = cnt
+    return counts
+
+
+def dense_to_events(counts, capacity=None):
+    """Dense (B, N) counts -> (ev_idx, ev_cnt, nev) event lists with room for ``capacity``."""
+    counts = np.asarray(counts)
+    n_batch, n_neurons = counts.shape
+    capacity = n_neurons if capacity is None else capacity
+    ev_idx = np.zeros((n_batch, capacity), dtype=np.int32)
+    ev_cnt = np.zeros((n_batch, capacity), dtype=np.int32)
+    nev = np.zeros(n_batch, dtype=np.int64)
+    for b in range(n_batch):
+        idx = np.flatnonzero(counts[b])
+        ev_idx[b, : idx.size] = idx
+        ev_cnt[b, : idx.size] = counts[b, idx]
+        nev[b] = idx.size
+    return ev_idx, ev_cnt, nev
+
+
+def per_neuron(channel_values, n_neurons):
+    """Expand a per-channel (C,) array to (N,) in HWC order: neuron n has channel n % C."""
+    channel_values = np.asarray(channel_values)
+    return channel_values[np.arange(n_neurons) % channel_values.shape[0]]
+
+
+def if_step_ref(current, base, v, theta, reset_zero):
+    """IF neuron step. Returns ``(counts, v_new, current_new)``; current_new is ``base``."""
+    theta_n = per_neuron(theta, v.shape[1])
+    h = v + current
+    spike = h >= theta_n
+    if reset_zero:
+        v_new = np.where(spike, np.zeros_like(h), h)
+    else:
+        v_new = np.where(spike, h - theta_n, h)
+    return spike.astype(np.int32), v_new, base.copy()
+
+
+def gn_step_ref(current, base, v, theta_unit, tau):
+    """Group-neuron step: count the members i = 1..tau with ``h >= i*theta_unit`` literally.
+
+    Member thresholds ``i*theta_unit`` are products in the array dtype. Returns
+    ``(counts, v_new, current_new)``.
+    """
+    dtype = v.dtype
+    unit_n = per_neuron(theta_unit, v.shape[1])
+    h = v + current
+    member_thresholds = np.arange(1, tau + 1).astype(dtype)[:, None, None] * unit_n[None, None, :]
+    s = (h[None] >= member_thresholds).sum(axis=0)
+    v_new = np.where(s > 0, h - s.astype(dtype) * unit_n, h)
+    return s.astype(np.int32), v_new, base.copy()
+
+
+def signed_if_step_ref(current, base, v, net, theta, neg_threshold):
+    """Fast-SNN signed IF step. Returns ``(counts, v_new, net_new, current_new)``."""
+    theta_n = per_neuron(theta, v.shape[1])
+    negative_threshold = v.dtype.type(neg_threshold)
+    h = v + current
+    positive = h >= theta_n
+    negative = ~positive & (h <= negative_threshold) & (net > 0)
+    v_new = np.where(positive, h - theta_n, np.where(negative, h + theta_n, h))
+    counts = positive.astype(np.int32) - negative.astype(np.int32)
+    return counts, v_new, (net + counts).astype(np.int32), base.copy()
+
+
+def conv_weight_to_kernel_layout(weight_oihw, groups):
+    """PyTorch OIHW conv weight -> (k_h, k_w, src_c, out_c // groups) scatter layout (loops)."""
+    out_c, in_per_group, k_h, k_w = weight_oihw.shape
+    out_per_group = out_c // groups
+    src_c = in_per_group * groups
+    weight = np.zeros((k_h, k_w, src_c, out_per_group), dtype=weight_oihw.dtype)
+    for ky in range(k_h):
+        for kx in range(k_w):
+            for c in range(src_c):
+                g = c // in_per_group
+                for j in range(out_per_group):
+                    weight[ky, kx, c, j] = weight_oihw[g * out_per_group + j, c - g * in_per_group, ky, kx]
+    return weight
+
+
+def scatter_conv_ref(counts, weight, current, src_h, src_w, src_c, crop_h, crop_w,
+                     out_h, out_w, out_c, k_h, k_w, stride_h, stride_w, pad_h, pad_w,
+                     dil_h, dil_w, groups):
+    """Scatter-form convolution, literally as specified, with plain loops over the events."""
+    current = current.copy()
+    dtype = weight.dtype
+    in_per_group = src_c // groups
+    out_per_group = out_c // groups
+    for b in range(counts.shape[0]):
+        for n in np.flatnonzero(counts[b]):
+            k = dtype.type(counts[b, n])
+            y, x, c = n // (src_w * src_c), (n // src_c) % src_w, n % src_c
+            if y >= crop_h or x >= crop_w:
+                continue
+            g = c // in_per_group
+            for ky in range(k_h):
+                for kx in range(k_w):
+                    ty = y + pad_h - ky * dil_h
+                    tx = x + pad_w - kx * dil_w
+                    if ty % stride_h or tx % stride_w:
+                        continue
+                    oy, ox = ty // stride_h, tx // stride_w
+                    if not (0 <= oy < out_h and 0 <= ox < out_w):
+                        continue
+                    start = (oy * out_w + ox) * out_c + g * out_per_group
+                    current[b, start:start + out_per_group] += k * weight[ky, kx, c, :]
+    return current
+
+
+def conv2d_direct_ref(counts, weight_oihw, src_h, src_w, src_c, crop_h, crop_w, out_h, out_w,
+                      stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups):
+    """Direct (gather) convolution in float64: PyTorch ``conv2d`` of the cropped input.
+
+    Independent of the scatter formulation: loops over output positions and kernel taps and
+    reads the zero-padded input. Input ``counts`` (B, src_h*src_w*src_c) HWC; returns
+    (B, out_h*out_w*out_c) HWC float64.
+    """
+    n_batch = counts.shape[0]
+    out_c, in_per_group, k_h, k_w = weight_oihw.shape
+    out_per_group = out_c // groups
+    image = counts.astype(np.float64).reshape(n_batch, src_h, src_w, src_c)[:, :crop_h, :crop_w, :]
+    w = weight_oihw.astype(np.float64)
+    out = np.zeros((n_batch, out_h, out_w, out_c))
+    for oy in range(out_h):
+        for ox in range(out_w):
+            for ky in range(k_h):
+                for kx in range(k_w):
+                    iy = oy * stride_h - pad_h + ky * dil_h
+                    ix = ox * stride_w - pad_w + kx * dil_w
+                    if not (0 <= iy < crop_h and 0 <= ix < crop_w):
+                        continue  # zero padding
+                    for g in range(groups):
+                        patch = image[:, iy, ix, g * in_per_group:(g + 1) * in_per_group]
+                        taps = w[g * out_per_group:(g + 1) * out_per_group, :, ky, kx]
+                        out[:, oy, ox, g * out_per_group:(g + 1) * out_per_group] += patch @ taps.T
+    return out.reshape(n_batch, -1)
+
+
+def scatter_dense_ref(counts, weight, current):
+    """Dense projection: ``current + counts @ weight`` (counts converted to the weight dtype)."""
+    return current + counts.astype(weight.dtype) @ weight
+
+
+def csr_to_dense(indptr, indices, data, n_dst):
+    """CSR (rows = sources) -> dense (N_src, n_dst) matrix; duplicate entries are summed."""
+    dense = np.zeros((indptr.shape[0] - 1, n_dst), dtype=data.dtype)
+    for row in range(indptr.shape[0] - 1):
+        for p in range(indptr[row], indptr[row + 1]):
+            dense[row, indices[p]] += data[p]
+    return dense
+
+
+def scatter_csr_ref(counts, indptr, indices, data, current):
+    """Sparse projection through the dense equivalent of the CSR matrix."""
+    return scatter_dense_ref(counts, csr_to_dense(indptr, indices, data, current.shape[1]), current)
+
+
+def maxpool_gate_ref(counts, cum, src_h, src_w, src_c, out_h, out_w, k_h, k_w,
+                     stride_h, stride_w, pad_h, pad_w):
+    """Gated spiking max pooling in gather form. Returns ``(out_counts, cum_new)``.
+
+    ``cum_new = cum + counts``; every output window takes the count of this step at its winner,
+    the in-bounds position with the largest ``cum_new`` (``np.argmax``: first in row-major
+    order on ties).
+    """
+    cum_new = (cum + counts).astype(np.int32)
+    out = np.zeros((counts.shape[0], out_h * out_w * src_c), dtype=np.int32)
+    for b in range(counts.shape[0]):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                for c in range(src_c):
+                    members = [
+                        (y * src_w + x) * src_c + c
+                        for y in range(oy * stride_h - pad_h, oy * stride_h - pad_h + k_h)
+                        for x in range(ox * stride_w - pad_w, ox * stride_w - pad_w + k_w)
+                        if 0 <= y < src_h and 0 <= x < src_w
+                    ]
+                    if members:
+                        winner = members[int(np.argmax(cum_new[b, members]))]
+                        out[b, (oy * out_w + ox) * src_c + c] = counts[b, winner]
+    return out, cum_new
+
+
+def event_stats_ref(counts, fanout, out):
+    """``out + [spikes, events, SOPs]`` per sample (SOPs = sum |k| * fanout[n])."""
+    magnitude = np.abs(counts.astype(np.int64))
+    step = np.stack([magnitude.sum(axis=1), (counts != 0).sum(axis=1), magnitude @ fanout], axis=1)
+    return out + step
+
+
+# ============================================================================================
+# Whole-network reference simulator
+# ============================================================================================
+# A dense, step-by-step simulation of an SNN graph written from methods.md alone: every node is
+# re-evaluated on the full payload maps at every time-step with plain loops, BatchNorm is applied
+# as written (not folded), nothing is composed. It shares no code with evsim's compiler or engine.
+
+def _conv_naive(x, weight, bias, stride, padding, dilation, groups):
+    """Direct 2-D cross-correlation with zero padding: loops over output pixels and taps."""
+    b, c, h, w = x.shape
+    c_out, cig, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((b, c_out, ho, wo))
+    cog = c_out // groups
+    for co in range(c_out):
+        g = co // cog
+        for oy in range(ho):
+            for ox in range(wo):
+                acc = np.zeros(b)
+                for ci in range(cig):
+                    for ky in range(kh):
+                        for kx in range(kw):
+                            y, xx = oy * sh - ph + ky * dh, ox * sw - pw + kx * dw
+                            if 0 <= y < h and 0 <= xx < w:
+                                acc += weight[co, ci, ky, kx] * x[:, g * cig + ci, y, xx]
+                out[:, co, oy, ox] = acc
+    if bias is not None:
+        out += bias[None, :, None, None]
+    return out
+
+
+def _pool_windows(h, w, kernel, stride, padding):
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    for oy in range(ho):
+        for ox in range(wo):
+            yield oy, ox, [(oy * sh - ph + ky, ox * sw - pw + kx) for ky in range(kh) for kx in range(kw)
+                           if 0 <= oy * sh - ph + ky < h and 0 <= ox * sw - pw + kx < w]
+
+
+def _avgpool_naive(x, kernel, stride, padding):
+    b, c, h, w = x.shape
+    (kh, kw) = kernel
+    ho, wo = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
+    out = np.zeros((b, c, ho, wo))
+    for oy, ox, cells in _pool_windows(h, w, kernel, stride, padding):
+        for y, xx in cells:
+            out[:, :, oy, ox] += x[:, :, y, xx]
+    return out / (kh * kw)  # PyTorch count_include_pad=True
+
+
+def _linear_op(node, x, ones=False):
+    """Evaluate one neuron-free op; ``ones`` replaces weights by 1 and drops biases/shifts."""
+    a, p = node.attrs, node.arrays
+    if node.op == "conv2d":
+        wgt = np.ones_like(p["weight"]) if ones else p["weight"]
+        bias = None if ones else p.get("bias")
+        return _conv_naive(x[0], wgt, bias, a["stride"], a["padding"], a["dilation"], a["groups"])
+    if node.op == "linear":
+        wgt = np.ones_like(p["weight"]) if ones else p["weight"]
+        out = x[0].reshape(len(x[0]), -1) @ wgt.T
+        return out if ones or "bias" not in p else out + p["bias"]
+    if node.op == "batchnorm":
+        if ones:
+            return x[0]
+        shape = (1, -1) + (1,) * (x[0].ndim - 2)
+        z = (x[0] - p["mean"].reshape(shape)) / np.sqrt(p["var"].reshape(shape) + a["eps"])
+        return z * p["gamma"].reshape(shape) + p["beta"].reshape(shape)
+    if node.op == "avgpool2d":
+        out = _avgpool_naive(x[0], a["kernel"], a["stride"], a["padding"])
+        return out * (a["kernel"][0] * a["kernel"][1]) if ones else out
+    if node.op == "global_avgpool":
+        return x[0].sum(axis=(2, 3)) if ones else x[0].mean(axis=(2, 3))
+    if node.op == "flatten":
+        return x[0].reshape(len(x[0]), -1)
+    if node.op == "add":
+        return sum(x[1:], x[0])
+    raise ValueError(node.op)
+
+
+def _neuron_ref(node, h, state):
+    """One dense neuron update (methods.md 2.1-2.3) on h = v(t-1) + x(t); returns counts."""
+    a = node.attrs
+    theta = _broadcast_channel(node.arrays["threshold"], h.shape)
+    model = a["model"]
+    if model == "if":
+        s = (h >= theta).astype(np.int64)
+        state["v"] = np.where(s > 0, 0.0, h) if a.get("reset") == "zero" else h - s * theta
+    elif model == "gn":
+        unit = theta / a["tau"]
+        s = sum((h >= i * unit).astype(np.int64) for i in range(1, a["tau"] + 1))
+        state["v"] = h - s * unit
+    else:  # signed_if
+        pos = h >= theta
+        neg = ~pos & (h <= -1e-3) & (state["net"] > 0)
+        s = pos.astype(np.int64) - neg.astype(np.int64)
+        state["net"] = state["net"] + s
+        state["v"] = h - s * theta
+    return s
+
+
+def _broadcast_channel(param, shape):
+    param = np.asarray(param, dtype=np.float64)
+    if param.ndim == 1 and len(shape) == 4:
+        return param.reshape(1, -1, 1, 1)
+    if param.ndim == 3:
+        return param[None]
+    return param
+
+
+def _unit(node):
+    return np.asarray(node.arrays["threshold"], np.float64) / node.attrs.get("tau", 1)
+
+
+def simulate_reference(graph, x, T):
+    """Dense reference simulation of an SNN graph (kind "snn") in float64.
+
+    Returns
+    -------
+    dict with
+        ``predictions`` (B, T): argmax of the output accumulated over steps 1..t;
+        ``counts``: population/gate name -> (T, B, *shape) signed spike counts;
+        ``output``: (B, F) accumulated output after T steps.
+    """
+    spec = graph.input
+    xin = np.asarray(x, np.float64)
+    if spec.scale is not None:
+        xin = xin * spec.scale
+    bshape = (1, -1) + (1,) * (len(spec.shape) - 1)
+    if spec.mean is not None:
+        xin = xin - np.asarray(spec.mean).reshape(bshape)
+    if spec.std is not None:
+        xin = xin / np.asarray(spec.std).reshape(bshape)
+    b = len(xin)
+    nodes = {n.name: n for n in graph.nodes}
+    state = {}
+    for n in graph.nodes:
+        if n.op == "neuron":
+            v0 = np.asarray(n.arrays["v0"], np.float64)
+            v0 = _broadcast_channel(v0, (b,) + n.shape)
+            state[n.name] = {"v": np.broadcast_to(v0, (b,) + n.shape).astype(np.float64),
+                             "net": np.zeros((b,) + n.shape, np.int64)}
+    counts = {n.name: np.zeros((T, b) + n.shape, np.int64) for n in graph.nodes
+              if n.op == "neuron" or (n.op == "maxpool2d" and _is_spiking(nodes, n.inputs[0]))}
+    cum = {name: np.zeros((b,) + nodes[nodes[name].inputs[0]].shape, np.int64)
+           for name in counts if nodes[name].op == "maxpool2d"}
+    acc = np.zeros((b, int(np.prod(nodes[graph.output].shape))))
+    predictions = np.zeros((b, T), np.int64)
+    for t in range(T):
+        values = {"input": xin}
+        for n in graph.nodes:
+            ins = [values[i] for i in n.inputs]
+            if n.op == "neuron":
+                s = _neuron_ref(n, state[n.name]["v"] + ins[0], state[n.name])
+                counts[n.name][t] = s
+                values[n.name] = s * _broadcast_channel(_unit(n), s.shape)
+            elif n.op == "maxpool2d" and n.name in counts:
+                src = n.inputs[0]
+                s_in = counts[src][t]
+                cum[n.name] += s_in
+                out = np.zeros((b,) + n.shape, np.int64)
+                h, w = nodes[src].shape[1:]
+                for oy, ox, cells in _pool_windows(h, w, n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"]):
+                    for bi in range(b):
+                        for c in range(n.shape[0]):
+                            best = max(cells, key=lambda yx: (cum[n.name][bi, c, yx[0], yx[1]], -cells.index(yx)))
+                            out[bi, c, oy, ox] = s_in[bi, c, best[0], best[1]]
+                counts[n.name][t] = out
+                values[n.name] = out * _broadcast_channel(_payload_unit(nodes, n.name), out.shape)
+            elif n.op == "maxpool2d":
+                a = n.attrs
+                vals = np.full((b, n.shape[0]) + n.shape[1:], -np.inf)
+                h, w = ins[0].shape[2:]
+                for oy, ox, cells in _pool_windows(h, w, a["kernel"], a["stride"], a["padding"]):
+                    for y, xx in cells:
+                        vals[:, :, oy, ox] = np.maximum(vals[:, :, oy, ox], ins[0][:, :, y, xx])
+                values[n.name] = vals
+            else:
+                values[n.name] = _linear_op(n, ins)
+        acc += values[graph.output].reshape(b, -1)
+        predictions[:, t] = acc.argmax(axis=1)
+    return {"predictions": predictions, "counts": counts, "output": acc}
+
+
+def _is_spiking(nodes, name):
+    return name != "input" and (nodes[name].op == "neuron" or
+                                (nodes[name].op == "maxpool2d" and _is_spiking(nodes, nodes[name].inputs[0])))
+
+
+def _payload_unit(nodes, name):
+    node = nodes[name]
+    return _unit(node) if node.op == "neuron" else _payload_unit(nodes, node.inputs[0])
+
+
+def reference_fanout(graph, source):
+    """Structural fan-out of every neuron of ``source`` (population or gate), channels first.
+
+    Propagates one-hot impulses through the neuron-free nodes with every weight set to one
+    (so nothing cancels) until they reach a neuron's input or the output, and counts the
+    non-zero entries there.
+    """
+    nodes = {n.name: n for n in graph.nodes}
+    shape = nodes[source].shape
+    n_src = int(np.prod(shape))
+    values = {source: np.eye(n_src).reshape((n_src,) + shape)}
+    fan = np.zeros(n_src, np.int64)
+    for n in graph.nodes:
+        if n.name == source or not any(i in values for i in n.inputs):
+            continue
+        if n.op in ("neuron", "maxpool2d"):
+            continue  # spikes stop at the next neuron / gate
+        ins = [values.get(i, np.zeros((n_src,) + (nodes[i].shape if i != "input" else graph.input.shape)))
+               for i in n.inputs]
+        values[n.name] = _linear_op(n, ins, ones=True)
+    for n in graph.nodes:
+        targets = [i for i in n.inputs if i in values and i != source] if n.op in ("neuron",) else []
+        for name in targets:
+            fan += (values[name].reshape(n_src, -1) != 0).sum(axis=1)
+        if n.op == "neuron" and source in n.inputs:
+            fan += 1  # directly into the next neuron: one synapse per neuron
+    if graph.output in values:
+        fan += (values[graph.output].reshape(n_src, -1) != 0).sum(axis=1)
+    return fan
