@@ -3,6 +3,7 @@
 Light names (file format, graph) import at once; the engine, which needs Numba, is
 imported on first use so that ``import evsim`` and ``evsim --help`` stay fast.
 """
+from .convert import ConversionOptions, convert
 from .errors import EvsimError
 from .format import load, save
 from .graph import Graph, InputSpec, Node, validate
@@ -11,8 +12,6 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; resolved lazily by __getattr__ (PEP 562)
 _LAZY = {
-    "convert": "evsim.convert",
-    "ConversionOptions": "evsim.convert",
     "compile_network": "evsim.compile",
     "Network": "evsim.compile",
     "simulate": "evsim.engine",
@@ -21,7 +20,8 @@ _LAZY = {
     "load_data": "evsim.data_io",
 }
 
-__all__ = ["EvsimError", "Graph", "InputSpec", "Node", "load", "save", "validate", *_LAZY]
+__all__ = ["ConversionOptions", "EvsimError", "Graph", "InputSpec", "Node", "convert", "load", "save", "validate",
+           *_LAZY]
 
 
 def __getattr__(name):

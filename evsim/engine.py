@@ -138,8 +138,9 @@ class Simulator:
         for p in net.populations:
             n = p.size
             states[p.name] = _PopState(
-                current=np.array(base[p.name], dtype=dtype), base=np.ascontiguousarray(base[p.name], dtype=dtype),
-                v=np.ascontiguousarray(np.broadcast_to(self.v0[p.name], (b, n))),
+                # copies: broadcast views are read-only, and kernels write v and current
+                current=np.array(base[p.name], dtype=dtype), base=np.array(base[p.name], dtype=dtype),
+                v=np.array(np.broadcast_to(self.v0[p.name], (b, n))),
                 net=np.zeros((b, n), np.int32) if p.model == "signed_if" else None,
                 ev_idx=np.empty((b, n), np.int32), ev_cnt=np.empty((b, n), np.int32), nev=np.zeros(b, np.int64))
         for g in net.gates:
@@ -147,7 +148,7 @@ class Simulator:
             states[g.name] = _PopState(None, None, None, None, np.empty((b, n), np.int32),
                                        np.empty((b, n), np.int32), np.zeros(b, np.int64),
                                        cum=np.zeros((b, int(np.prod(g.in_shape))), np.int32))
-        out_base = np.ascontiguousarray(base[net.output], dtype=dtype)
+        out_base = np.array(base[net.output], dtype=dtype)
         out_current = out_base.copy()
         out_sum = np.zeros(out_current.shape, np.float64)
         currents = {name: st.current for name, st in states.items() if st.current is not None}
