@@ -195,5 +195,130 @@ def run(model, data, T, batch_size, samples, precision, neuron, tau, v0, reset, 
         click.echo(f"report written to {report}")
 
 
+def shipped(name: str) -> str:
+    """Path of a file shipped in ``evsim.data``."""
+    from importlib.resources import files
+
+    return str(files("evsim.data") / name)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="SNN file to write (.h5 or .npz).")
+@neuron_options
+@click.option("--threshold", default=None,
+              help="Thresholds from data: max, or a percentile such as p99.9 or p99.99 "
+                   "(required for relu models; overrides a trained QCFS λ).")
+@click.option("--channelwise", is_flag=True, help="One threshold per channel instead of per layer.")
+@click.option("--potential", type=click.Choice(["half", "zero", "data"]), default="half", show_default=True,
+              help="Initial potential: θ/2 (OPI), zero, or data-driven calibration at -T.")
+@click.option("--bias-calibration", is_flag=True, help="Per-channel bias calibration at -T.")
+@click.option("--calib-data", type=click.Path(dir_okay=False), default=None,
+              help=".npz/.h5 with x: the calibration inputs.")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=None, help="Use only N calibration samples.")
+@click.option("-T", "--timesteps", "T", type=click.IntRange(min=1), default=None,
+              help="Time-steps the potential/bias calibration is done for.")
+def convert(model, output, neuron, tau, v0, reset, threshold, channelwise, potential, bias_calibration,
+            calib_data, calib_samples, T):
+    """Convert (and calibrate) an ANN MODEL into an SNN file that `evsim run` simulates."""
+    import evsim
+    from evsim.converters.calibration import calibrate
+    from evsim.data_io import load_data
+
+    graph = evsim.load(model)
+    x = None
+    if calib_data is not None:
+        x, _ = load_data(calib_data, graph.input.shape, None, calib_samples)
+    options = conversion_options(neuron, tau, v0, reset)
+    kwargs = {} if options is None else {"neuron": options.neuron, "tau": options.tau, "reset": options.reset}
+    if options is not None and v0 is not None and potential == "half":
+        potential = options.v0
+    snn = calibrate(graph, x, threshold=threshold, channelwise=channelwise, potential=potential,
+                    bias_calibration=bias_calibration, T=T, calib_samples=calib_samples, **kwargs)
+    evsim.save(snn, output)
+    populations = sum(1 for n in snn.nodes if n.op == "neuron")
+    click.echo(f"wrote {output}: {populations} neuron populations; calibration "
+               f"{json.dumps(snn.metadata.get('calibration', {}), default=str)}")
+
+
+DEMO_MODELS = {"qcfs": "mnist_qcfs.npz", "csqcfs": "mnist_csqcfs.npz"}
+
+
+@main.command()
+@click.option("--model", type=click.Choice(list(DEMO_MODELS)), default="qcfs", show_default=True,
+              help="Which shipped model.")
+@click.option("-T", "--timesteps", "T", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Shipped test samples to simulate (of 1,000).")
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
+              help="Also write one JSON report per neuron model here (for evsim plot).")
+@click.option("-v", "--verbose", is_flag=True)
+def demo(model, T, samples, report_dir, verbose):
+    """Run the shipped MNIST example: ANN vs SNN (IF, GN, signed IF) per time-step, SOPs, energy."""
+    import time
+    from pathlib import Path
+
+    import evsim
+    from evsim.ann import predict
+    from evsim.convert import ConversionOptions
+    from evsim.data_io import load_data
+
+    start = time.perf_counter()
+    graph = evsim.load(shipped(DEMO_MODELS[model]))
+    x, y = load_data(shipped("mnist_test.npz"), graph.input.shape, 10, samples)
+    ann = float((predict(graph, x) == y).mean())
+    click.echo(f"evsim demo: {DEMO_MODELS[model]} on {len(x)} MNIST test digits (shipped in evsim.data), T = {T}")
+    click.echo(f"ANN accuracy: {100 * ann:.2f} %")
+    variants = {"IF (v0=θ/2)": ConversionOptions("if"), "GN τ=4": ConversionOptions("gn", tau=4),
+                "signed IF": ConversionOptions("signed_if")}
+    runs = {}
+    for label, options in variants.items():
+        r = evsim.simulate(graph, x, y, T=T, options=options)
+        r.ann_accuracy = ann
+        runs[label] = r
+        if report_dir:
+            Path(report_dir).mkdir(parents=True, exist_ok=True)
+            r.settings["label"] = label
+            r.save(Path(report_dir) / f"demo_{options.neuron}.json")
+    steps = report_steps(T)
+    rows = [[label] + [f"{100 * r.accuracy[t - 1]:.2f}" for t in steps] for label, r in runs.items()]
+    click.echo("\nSNN accuracy % at time-step t")
+    click.echo(format_table(["neuron"] + [f"t={t}" for t in steps], rows))
+    rows = [[label, f"{r.spikes:,.0f}", f"{r.sops:,.0f}", f"{r.energy_snn_pj / 1e6:.3f}",
+             f"{r.energy_ann_pj / 1e6:.3f}", f"{r.energy_snn_pj / r.energy_ann_pj:.2f}"] for label, r in runs.items()]
+    click.echo(f"\nper sample over T={T} (45 nm fp32: E_AC 0.9 pJ/SOP, E_MAC 4.6 pJ/MAC)")
+    click.echo(format_table(["neuron", "spikes", "SOPs", "E_SNN uJ", "E_ANN uJ", "SNN/ANN"], rows))
+    if verbose:
+        for label, r in runs.items():
+            t = r.timing
+            click.echo(f"{label}: simulate {t['simulate_s']:.2f} s (first batch {t['first_batch_s']:.2f} s)")
+    click.echo(f"\ndone in {time.perf_counter() - start:.1f} s; try: evsim run MODEL --data DATA -T 32")
+
+
+@main.command()
+@click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Figure file (.png or .svg).")
+@click.option("--title", default=None)
+def plot(reports, output, title):
+    """Plot accuracy per time-step (ANN dashed), firing rates and SOPs per layer from REPORTS."""
+    from evsim.plotting import plot_reports
+
+    plot_reports(reports, output, title)
+    click.echo(f"figure written to {output}")
+
+
+@main.command()
+def warmup():
+    """Compile and cache every Numba kernel (float32 and float64) so later runs start fast."""
+    import time
+
+    from evsim.warmup import warm_up
+
+    start = time.perf_counter()
+    cache = warm_up()
+    click.echo(f"kernels compiled in {time.perf_counter() - start:.1f} s; cache: {cache}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

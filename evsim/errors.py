@@ -13,7 +13,8 @@ them into a single clean line and a non-zero exit code in one place
     ├── ResourceLimitError      declared sizes would need more memory than the limit
     ├── DataError               a data file (x, y) that cannot be used as it is
     ├── ConversionError         an ANN that cannot become an SNN as it stands
-    └── CalibrationError        calibration asked for something it cannot do
+    ├── CalibrationError        calibration asked for something it cannot do
+    └── MissingDependencyError  an optional extra (matplotlib, torch ...) is not installed
 
 Messages follow one pattern: *where* (file, node), *what was expected*, *what was
 found*, and *how to fix it*.  :func:`describe` builds that sentence so every
@@ -32,6 +33,7 @@ __all__ = [
     "DataError",
     "ConversionError",
     "CalibrationError",
+    "MissingDependencyError",
     "describe",
 ]
 
@@ -74,6 +76,10 @@ class ConversionError(EvsimError):
 
 class CalibrationError(EvsimError):
     """Calibration was asked for something it cannot do with what it was given."""
+
+
+class MissingDependencyError(EvsimError):
+    """A feature needs an optional extra that is not installed."""
 
 
 def describe(where: str, expected: str, found: str | None = None, fix: str | None = None) -> str:

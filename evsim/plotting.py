@@ -1,0 +1,83 @@
+"""Figures from JSON reports (``evsim plot``); needs the optional extra ``[plot]`` (matplotlib)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import DataError, MissingDependencyError, describe
+from .format import atomic_write
+
+__all__ = ["plot_reports", "read_report"]
+
+
+def read_report(path) -> dict:
+    """Read an evsim JSON report, checking that it is one."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(describe(str(path), "a JSON report written by evsim run --report", f"unreadable ({exc})")) from None
+    if not isinstance(report, dict) or "layers" not in report or "T" not in report:
+        raise DataError(describe(str(path), "a JSON report written by evsim run --report", "another JSON document"))
+    return report
+
+
+def _label(report: dict, path) -> str:
+    settings = report.get("settings", {})
+    return settings.get("label") or Path(path).stem
+
+
+def plot_reports(paths, output, title: str | None = None) -> None:
+    """Accuracy against time-step (ANN accuracy dashed), firing rate and SOPs per layer.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        JSON reports of ``evsim run --report`` (or ``evsim demo --report-dir``).
+    output : path
+        ``.png`` or ``.svg``; written atomically.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependencyError(describe("evsim plot", "matplotlib", "it is not installed",
+                                              "pip install 'evsim[plot]'")) from None
+    suffix = Path(output).suffix.lower().lstrip(".")
+    if suffix not in ("png", "svg", "pdf"):
+        raise DataError(describe(str(output), "a figure file ending in .png, .svg or .pdf", repr(suffix or "none")))
+    reports = [(read_report(p), p) for p in paths]
+    fig, (ax_acc, ax_rate, ax_sops) = plt.subplots(1, 3, figsize=(15, 4.2))
+    width = 0.8 / len(reports)
+    ann_drawn = set()
+    for i, (report, path) in enumerate(reports):
+        label = _label(report, path)
+        color = f"C{i}"
+        if report.get("accuracy"):
+            steps = range(1, len(report["accuracy"]) + 1)
+            ax_acc.plot(steps, [100 * a for a in report["accuracy"]], "o-", color=color, label=label, ms=3)
+        ann = report.get("ann_accuracy")
+        if ann is not None and ann not in ann_drawn:  # runs of one ANN share one dashed line
+            ann_drawn.add(ann)
+            ax_acc.axhline(100 * ann, color=color, ls="--", lw=1, label=f"ANN ({100 * ann:.2f} %)")
+        layers = report["layers"]
+        xs = [j + (i - (len(reports) - 1) / 2) * width for j in range(len(layers))]
+        ax_rate.bar(xs, [layer["firing_rate"] for layer in layers], width, color=color, label=label)
+        ax_sops.bar(xs, [layer["sops"] for layer in layers], width, color=color, label=label)
+    names = [layer["name"] for layer in reports[0][0]["layers"]]
+    ax_acc.set(xlabel="time-step t", ylabel="accuracy (%)", title="accuracy at every time-step")
+    ax_acc.set_xscale("log", base=2)
+    ax_acc.legend(fontsize=8)
+    ax_acc.grid(alpha=0.3)
+    for ax, ylabel, name in ((ax_rate, "spikes per neuron per step", "firing rate"),
+                             (ax_sops, "SOPs per sample", "synaptic operations")):
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set(ylabel=ylabel, title=f"{name} per layer")
+        ax.grid(alpha=0.3, axis="y")
+    ax_sops.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(output, lambda tmp: fig.savefig(tmp, format=suffix, dpi=120))
+    plt.close(fig)
