@@ -38,19 +38,24 @@ _NODE_KEYS = {"name", "op", "inputs"}
 
 
 # --------------------------------------------------------------------------- containers
-def check_declared(path, name: str, shape, dtype, limit: int) -> None:
+def check_declared(path, name: str, shape, dtype, limit: int, before: float = 0) -> float:
+    """Refuse object arrays and sizes over ``limit`` (``before``: bytes of earlier arrays); return the bytes."""
     if dtype.hasobject:
-        raise ContainerError(describe(f"{path}, array '{name}'", "a numeric array", "a pickled object array",
-                                      "store plain float32/float64 arrays"))
+        raise ContainerError(describe(f"{path}, array '{name}'", "a numeric array",
+                                      "an object array (never unpickled)", "store plain float32/float64 arrays"))
     nbytes = float(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-    if nbytes > limit:
-        raise ResourceLimitError(describe(f"{path}, array '{name}'", f"at most {limit} bytes (EVSIM_MEMORY_LIMIT)",
-                                          f"a declared shape {tuple(shape)} of {nbytes:.3g} bytes"))
+    if before + nbytes > limit:
+        so_far = f" ({before + nbytes:.3g} bytes with the arrays before it)" if before else ""
+        raise ResourceLimitError(describe(f"{path}, array '{name}'",
+                                          f"at most {limit} bytes in all arrays (EVSIM_MEMORY_LIMIT)",
+                                          f"a declared shape {tuple(shape)} of {nbytes:.3g} bytes{so_far}"))
+    return before + nbytes
 
 
 def read_npz_arrays(path: Path, limit: int) -> dict[str, np.ndarray]:
     """All arrays of an .npz, each declared shape checked against ``limit`` before reading."""
     arrays: dict[str, np.ndarray] = {}
+    declared = 0.0
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
@@ -63,7 +68,7 @@ def read_npz_arrays(path: Path, limit: int) -> dict[str, np.ndarray]:
                 if reader is None:
                     raise ContainerError(describe(f"{path}, entry '{name}'", ".npy format 1.0 or 2.0", f"{version}"))
                 shape, _, dtype = reader(member)
-                check_declared(path, name, shape, dtype, limit)
+                declared = check_declared(path, name, shape, dtype, limit, declared)
             with archive.open(info) as member:
                 arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
     return arrays
@@ -103,8 +108,9 @@ def _read_h5(path: Path, limit: int) -> tuple[str, dict[str, np.ndarray]]:
                 raise ContainerError(describe(f"{path}, '/{H5_GROUP}'", "a group of datasets", "a dataset"))
             datasets = []
             group.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
+            declared = 0.0
             for name, ds in datasets:
-                check_declared(path, name, ds.shape, ds.dtype, limit)
+                declared = check_declared(path, name, ds.shape, ds.dtype, limit, declared)
                 arrays[name] = np.asarray(ds[()])
     return text, arrays
 
@@ -172,6 +178,9 @@ def atomic_write(path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
+        umask = os.umask(0o022)  # mkstemp creates the file 0600; give it the mode open() would
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
@@ -198,14 +207,14 @@ def graph_from_manifest(text: str, arrays: dict[str, np.ndarray], source: str = 
     """Parse and validate a manifest with its arrays into a :class:`Graph`."""
     try:
         manifest = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ManifestError(describe(f"{source}, manifest", "valid JSON", f"a syntax error ({exc})")) from None
     _require(isinstance(manifest, dict), f"{source}, manifest", "a JSON object", type(manifest).__name__)
     _require(manifest.get("format") == FORMAT_NAME, f"{source}, manifest 'format'", repr(FORMAT_NAME),
              manifest.get("format"))
     version = manifest.get("version")
-    _require(version == FORMAT_VERSION and not isinstance(version, bool), f"{source}, manifest 'version'",
-             f"{FORMAT_VERSION} (this evsim reads format v{FORMAT_VERSION})", version,
+    _require(type(version) is int and version == FORMAT_VERSION, f"{source}, manifest 'version'",
+             f"{FORMAT_VERSION} (this evsim reads format v{FORMAT_VERSION})", repr(version),
              "upgrade evsim or re-export the model" if isinstance(version, int) else None)
     unknown = sorted(set(manifest) - _TOP_KEYS)
     _require(not unknown, f"{source}, manifest", "keys among " + ", ".join(sorted(_TOP_KEYS)), ", ".join(unknown),
@@ -233,14 +242,15 @@ def graph_from_manifest(text: str, arrays: dict[str, np.ndarray], source: str = 
     _require(isinstance(raw_nodes, list), f"{source}, nodes", "a list of node objects", type(raw_nodes).__name__)
     used: set[str] = set()
     nodes = [_node_from_json(raw, i, arrays, used, source) for i, raw in enumerate(raw_nodes)]
+    output = manifest["output"]
+    _require(isinstance(output, str), f"{source}, output", "a node name", output)
+    graph = Graph(input_spec, nodes, output, kind=manifest.get("kind", "ann"), metadata=metadata, source=source)
+    validate(graph, limit)  # first, so that a node missing an array is named rather than reported as unused
     unused = sorted(set(arrays) - used)
     if unused:
         raise ArrayError(describe(source, "every array to be named by a node",
                                   f"{len(unused)} unused: {', '.join(unused[:5])}", "remove them or reference them"))
-    output = manifest["output"]
-    _require(isinstance(output, str), f"{source}, output", "a node name", output)
-    graph = Graph(input_spec, nodes, output, kind=manifest.get("kind", "ann"), metadata=metadata, source=source)
-    return validate(graph, limit)
+    return graph
 
 
 def _node_from_json(raw, index: int, arrays: dict, used: set, source: str) -> Node:
@@ -249,7 +259,7 @@ def _node_from_json(raw, index: int, arrays: dict, used: set, source: str) -> No
     _require(isinstance(name, str) and name != "", f"{source}, nodes[{index}].name", "a non-empty string", name)
     where = f"{source}, node '{name}'"
     op = raw.get("op")
-    _require(op in OPS, where, "an op among " + ", ".join(sorted(OPS)), op)
+    _require(isinstance(op, str) and op in OPS, where, "an op among " + ", ".join(sorted(OPS)), op)
     inputs = raw.get("inputs")
     _require(isinstance(inputs, list) and all(isinstance(s, str) for s in inputs), where,
              "'inputs': a list of node names", inputs)

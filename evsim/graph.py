@@ -262,6 +262,8 @@ def _infer_conv(node: Node, shapes: list[Shape], where: str) -> Shape:
     if weight.ndim != 4:
         _fail(where, "weight of shape (C_out, C_in/groups, kH, kW)", f"{weight.shape}")
     c_out, c_in_g, kh, kw = weight.shape
+    if min(weight.shape) < 1:
+        _fail(where, "weight of shape (C_out, C_in/groups, kH, kW) with no zero dimension", f"{weight.shape}")
     if c % groups or c_out % groups:
         _fail(where, f"C_in={c} and C_out={c_out} divisible by groups={groups}", f"groups={groups}")
     if c_in_g * groups != c:
@@ -466,7 +468,8 @@ def _elements(shape) -> int:
 
 def _check_preprocessing(graph: Graph, src: str) -> None:
     spec = graph.input
-    if spec.scale is not None and not (isinstance(spec.scale, (int, float)) and math.isfinite(spec.scale)):
+    if spec.scale is not None and not (isinstance(spec.scale, (int, float)) and not isinstance(spec.scale, bool)
+                                       and math.isfinite(spec.scale)):
         raise ManifestError(describe(f"{src}, input.scale", "a finite number", repr(spec.scale)))
     channels = spec.shape[0]
     for key in ("mean", "std"):
