@@ -132,6 +132,17 @@ class Simulator:
         logits : ndarray (B, F) float64, accumulated output after T steps
         counts : dict population -> ndarray (B, *shape) int64, only with ``record``
         """
+        import numba
+
+        threads = numba.get_num_threads()
+        # parallel regions are over samples: more threads than samples only add overhead
+        numba.set_num_threads(max(1, min(threads, len(x))))
+        try:
+            return self._run_batch(x, T, record)
+        finally:
+            numba.set_num_threads(threads)
+
+    def _run_batch(self, x, T, record):
         net, dtype, b = self.network, self.dtype, len(x)
         base = net.constant_currents(x)
         states: dict[str, _PopState] = {}
@@ -188,6 +199,7 @@ class Simulator:
             out_sum += out_current
             out_current[:] = out_base
             predictions[:, t] = out_sum[:, order].argmax(axis=1)
+        del emit  # the closure refers to itself: break the cycle so batch buffers are freed at once
         stats = {k: v.sum(axis=1) for k, v in stats.items()}
         if record:
             shapes = {p.name: p.shape for p in net.populations}

