@@ -167,48 +167,9 @@ def scatter_conv_rows(ev_idx, ev_cnt, nev, W, ny, nx, kpy, kpx, current,
                     out[j] += count * wrow[j]
 
 
-@numba.njit(nogil=True, parallel=True, error_model="numpy", cache=True)
-def scatter_conv_slices(ev_idx, ev_cnt, nev, weight, current,
-                        src_h, src_w, src_c, crop_h, crop_w,
-                        out_h, out_w, out_c,
-                        k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups):
-    """evsim's scatter_conv with ONE change: the inner loop runs over 1-D row views
-    (``current[b, start:start+n]``, ``weight[ky, kx, c]``), whose indices LLVM can prove
-    non-negative, so the axpy is vectorised (signed 2-D indexing keeps Numba's negative-index
-    wraparound select in the loop, which defeats the vectoriser)."""
-    n_batch = current.shape[0]
-    in_per_group = src_c // groups
-    out_per_group = out_c // groups
-    for b in numba.prange(n_batch):
-        for e in range(nev[b]):
-            n = ev_idx[b, e]
-            c = n % src_c
-            pixel = n // src_c
-            x = pixel % src_w
-            y = pixel // src_w
-            if y >= crop_h or x >= crop_w:
-                continue
-            count = weight.dtype.type(ev_cnt[b, e])
-            out_channel_start = (c // in_per_group) * out_per_group
-            for ky in range(k_h):
-                ty = y + pad_h - ky * dil_h
-                if ty < 0:
-                    break
-                oy = ty // stride_h
-                if oy * stride_h != ty or oy >= out_h:
-                    continue
-                for kx in range(k_w):
-                    tx = x + pad_w - kx * dil_w
-                    if tx < 0:
-                        break
-                    ox = tx // stride_w
-                    if ox * stride_w != tx or ox >= out_w:
-                        continue
-                    start = (oy * out_w + ox) * out_c + out_channel_start
-                    out = current[b, start:start + out_per_group]
-                    wrow = weight[ky, kx, c]
-                    for j in range(out_per_group):
-                        out[j] += count * wrow[j]
+# The "slices" prototype (1-D row views in the inner loop) is now evsim's own scatter_conv;
+# the name is kept so the comparison below still reads "slices".
+from evsim._kernels import scatter_conv as scatter_conv_slices  # noqa: E402
 
 
 def _call(kernel, ev_idx, ev_cnt, nev, lay, current, geometry):
