@@ -217,10 +217,15 @@ def shipped(name: str) -> str:
 @click.option("--calib-data", type=click.Path(dir_okay=False), default=None,
               help=".npz/.h5 with x: the calibration inputs.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=None, help="Use only N calibration samples.")
+@click.option("--data-samples", type=click.IntRange(min=1), default=None,
+              help="Samples of the one batch used by --potential data / --bias-calibration (default 128).")
+@click.option("--include-zeros", is_flag=True,
+              help="Count zero activations in the percentile (default: non-zero only, as SNN Toolbox).")
+@click.option("--keep-lambda", is_flag=True, help="Keep trained QCFS λ; calibrate relu thresholds only.")
 @click.option("-T", "--timesteps", "T", type=click.IntRange(min=1), default=None,
               help="Time-steps the potential/bias calibration is done for.")
 def convert(model, output, neuron, tau, v0, reset, threshold, channelwise, potential, bias_calibration,
-            calib_data, calib_samples, T):
+            calib_data, calib_samples, data_samples, include_zeros, keep_lambda, T):
     """Convert (and calibrate) an ANN MODEL into an SNN file that `evsim run` simulates."""
     import evsim
     from evsim.converters.calibration import calibrate
@@ -234,8 +239,13 @@ def convert(model, output, neuron, tau, v0, reset, threshold, channelwise, poten
     kwargs = {} if options is None else {"neuron": options.neuron, "tau": options.tau, "reset": options.reset}
     if options is not None and v0 is not None and potential == "half":
         potential = options.v0
+    if data_samples is not None:
+        kwargs["data_samples"] = data_samples
+    if keep_lambda:
+        kwargs["override_qcfs"] = False
     snn = calibrate(graph, x, threshold=threshold, channelwise=channelwise, potential=potential,
-                    bias_calibration=bias_calibration, T=T, calib_samples=calib_samples, **kwargs)
+                    bias_calibration=bias_calibration, T=T, calib_samples=calib_samples,
+                    include_zeros=include_zeros, **kwargs)
     evsim.save(snn, output)
     populations = sum(1 for n in snn.nodes if n.op == "neuron")
     click.echo(f"wrote {output}: {populations} neuron populations; calibration "
