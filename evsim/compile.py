@@ -356,10 +356,6 @@ class Projection:
     indices: np.ndarray | None = None
     data: np.ndarray | None = None
 
-    @property
-    def synapses(self) -> int:
-        return int(self.fanout.sum())
-
 
 @dataclass
 class Network:

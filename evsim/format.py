@@ -171,6 +171,17 @@ def read_container(path, limit: int | None = None) -> tuple[str, dict[str, np.nd
                                       f"a truncated, corrupted or foreign file ({reason})")) from None
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; do that once, at import, not on every write
+    # (changing the process umask while other threads create files is a race)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write(path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` and rename the result to ``path``; nothing is left half-written."""
     path = Path(path)
@@ -178,9 +189,7 @@ def atomic_write(path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        umask = os.umask(0o022)  # mkstemp creates the file 0600; give it the mode open() would
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates the file 0600; give it the mode open() would
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
