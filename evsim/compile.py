@@ -12,9 +12,11 @@ currents of the next populations (or the output accumulator):
   dense or CSR matrix, materialised only under the memory limit;
 * each path ``source → … → target`` is one :class:`Projection`; ``add`` sums paths.
 
-What does not depend on spikes — biases, and everything computed from the analog
-input (direct encoding) — is the *constant current* of each target, evaluated once
-per batch by the NumPy executor with populations held at zero.
+What does not depend on spikes is the *constant current* of each target: the bias part
+(``static_current``, evaluated once here by the NumPy executor with input and
+populations held at zero) plus the analog input (direct encoding), which is treated as
+one more source: its paths are composed into ``input_projections`` exactly like spike
+paths, and the engine scatters the preprocessed input values through them once per batch.
 
 A ``maxpool2d`` right after a population becomes a :class:`Gate`: a derived spike
 source that passes, per window, the spikes of the input with the largest accumulated
@@ -213,9 +215,14 @@ def _compose_convs(a: ConvOp, b: ConvOp) -> ConvOp | None:
     return ConvOp(weight, groups, stride, padding, (1, 1), a.in_shape, crop, b.out_shape)
 
 
-def _is_identity(op) -> bool:
+def _is_diagonal(op) -> bool:
+    """One weight per channel from each neuron to the neuron at the same position (identity, BN)."""
     return (isinstance(op, ConvOp) and op.depthwise and op.weight.shape[2:] == (1, 1) and op.stride == (1, 1)
-            and op.padding == (0, 0) and op.crop == op.in_shape[1:] and bool(np.all(op.weight == 1)))
+            and op.padding == (0, 0) and op.crop == op.in_shape[1:] and op.out_shape == op.in_shape)
+
+
+def _is_identity(op) -> bool:
+    return _is_diagonal(op) and bool(np.all(op.weight == 1))
 
 
 def _then_conv(op, conv: ConvOp):
@@ -340,9 +347,15 @@ class Projection:
     """Composed connectivity from one source (population or gate) to one target.
 
     ``kind`` is ``conv`` (implicit convolution, ``weight`` (kH, kW, C_src, C_out/groups)
-    and ``geometry``), ``dense`` (``weight`` (N_src, N_dst)) or ``csr``
+    and ``geometry``), ``diagonal`` (same shape, neuron n feeds neuron n: ``weight`` (N,),
+    e.g. a residual shortcut), ``dense`` (``weight`` (N_src, N_dst)) or ``csr``
     (``indptr``, ``indices``, ``data``); weights in engine layout with the source's
     payload unit folded in.  ``fanout`` counts structural synapses per source neuron.
+
+    A ``conv`` projection with ``pool != (1, 1)`` first sums the source over
+    non-overlapping ``pool`` blocks (a composed average pooling, its ``1/k²`` folded
+    into ``weight``), then convolves that pooled grid; ``geometry`` then describes the
+    convolution on the pooled grid (source shape and crop stay those of the source).
     """
 
     source: str
@@ -355,6 +368,7 @@ class Projection:
     indptr: np.ndarray | None = None
     indices: np.ndarray | None = None
     data: np.ndarray | None = None
+    pool: tuple[int, int] = (1, 1)
 
 
 @dataclass
@@ -369,7 +383,9 @@ class Network:
     output_shape: tuple[int, ...]
     input_macs: int
     ann_macs: int
-    static: dict[str, np.ndarray] = field(default_factory=dict)
+    input_projections: list[Projection] = field(default_factory=list)
+    static_current: dict[str, np.ndarray] = field(default_factory=dict)
+    forward_inputs: tuple[str, ...] = ()
 
     def population(self, name: str) -> Population:
         return next(p for p in self.populations if p.name == name)
@@ -395,17 +411,20 @@ class Network:
         return next(g.out_shape for g in self.gates if g.name == name)
 
     def constant_currents(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-step constant current of every target for raw inputs ``x``, engine layout, float64.
+        """Constant current of the targets in ``forward_inputs`` for raw inputs ``x``.
 
-        Bias and everything computed from the analog input (direct encoding), with
-        all populations silent; sample-independent parts were evaluated once at compile.
+        Those are the targets whose input path could not be composed into projections
+        under the memory limit; the NumPy executor evaluates them (bias included), with all
+        populations silent.  Returns target -> ``(B, N)`` float64 in engine layout.
         """
+        if not self.forward_inputs:
+            return {}
         zeros = {p.name: np.zeros((1,) + self.graph.node(p.name).shape) for p in self.populations}
         zeros.update({g.name: np.zeros((1,) + self.graph.node(g.name).shape) for g in self.gates})
-        values = forward(self.graph, x, wanted=[node for _, node, _ in self.targets()],
-                         fixed={**zeros, **self.static})
+        nodes = {target: node for target, node, _ in self.targets() if target in self.forward_inputs}
+        values = forward(self.graph, x, wanted=list(nodes.values()), fixed=zeros)
         out = {}
-        for target, node, shape in self.targets():
+        for target, node in nodes.items():
             value = np.broadcast_to(values[node], (len(x),) + values[node].shape[1:])
             out[target] = to_engine_layout(value.reshape((len(x),) + self.graph.shape_of(node)))
         return out
@@ -437,11 +456,10 @@ def _classify(graph: Graph) -> dict[str, str]:
 
 
 def _paths(graph: Graph, kind: dict, name: str) -> list[tuple[str, list]]:
-    """Every (source, chain of nodes) that carries spikes into node ``name``."""
-    if kind[name] in ("population", "gate"):
+    """Every (source, chain of nodes) that carries spikes into node ``name``, and the paths
+    from the analog input (source ``"input"``) through the nodes that depend on it alone."""
+    if name == "input" or kind[name] in ("population", "gate"):
         return [(name, [])]
-    if kind[name] == "const":
-        return []
     node = graph.node(name)
     return [(src, chain + [node]) for inp in node.inputs for src, chain in _paths(graph, kind, inp)]
 
@@ -471,20 +489,66 @@ def _fanout(structural, shape: Shape3) -> np.ndarray:
     return np.ascontiguousarray(fan.reshape(-1), dtype=np.int64)
 
 
+def _block_factor(weight: np.ndarray, axis: int, k: int, s: int, p: int) -> int:
+    """Largest q > 1 dividing kernel size, stride and padding along ``axis`` (2: y, 3: x)
+    such that the kernel is constant over aligned blocks of q taps; 1 if there is none."""
+    for q in range(min(k, s), 1, -1):
+        if k % q or s % q or p % q:
+            continue
+        shape = weight.shape[:axis] + (k // q, q) + weight.shape[axis + 1:]
+        blocks = weight.reshape(shape)
+        if np.array_equal(blocks, np.broadcast_to(np.take(blocks, [0], axis=axis + 1), shape)):
+            return q
+    return 1
+
+
+def factor_pooling(op: ConvOp) -> tuple[tuple[int, int], ConvOp]:
+    """Split a convolution whose kernel is constant over aligned q×q blocks into a sum pooling
+    over q×q blocks followed by a convolution with the q-times smaller kernel, stride and padding.
+
+    This undoes the weight blow-up of composing an average pooling (kernel = stride = q) into
+    the next convolution: ``avgpool 2×2 → conv 3×3`` composes into a 6×6 stride-2 kernel with
+    4× the weights, but equals "sum the 2×2 block, then the 3×3 conv with weights w/4".  Exact:
+    the composed kernel reads source position ``(oy·s' − p' + j)·q + r`` with weight ``w[j]`` for
+    every ``r < q``, which is the block sum at pooled position ``oy·s' − p' + j``; positions past
+    ``crop`` are zero in both forms, and the pooled grid has ``ceil(crop/q)`` positions.
+
+    Returns ``((q_h, q_w), op)``, with ``(1, 1)`` and the op unchanged when nothing factors.
+    """
+    if op.groups != 1 or op.dilation != (1, 1):
+        return (1, 1), op
+    kh, kw = op.weight.shape[2:]
+    qh = _block_factor(op.weight, 2, kh, op.stride[0], op.padding[0])
+    qw = _block_factor(op.weight, 3, kw, op.stride[1], op.padding[1])
+    if qh == qw == 1:
+        return (1, 1), op
+    grid = (op.in_shape[0], -(-op.crop[0] // qh), -(-op.crop[1] // qw))
+    reduced = ConvOp(np.ascontiguousarray(op.weight[:, :, ::qh, ::qw]), 1,
+                     (op.stride[0] // qh, op.stride[1] // qw), (op.padding[0] // qh, op.padding[1] // qw),
+                     (1, 1), grid, grid[1:], op.out_shape)
+    return (qh, qw), reduced
+
+
 def _projection(source: str, target: str, chain, src_shape: Shape3, unit: np.ndarray) -> Projection:
     op = compose_path(chain, src_shape)
     structural = compose_path(chain, src_shape, structural=True)
     fanout = _fanout(structural, src_shape)
     path = tuple(n.name for n in chain)
+    if _is_diagonal(op):  # a residual shortcut: current[n] += k * w[n]
+        weight = np.tile(op.weight.reshape(-1) * unit, op.in_shape[1] * op.in_shape[2])
+        return Projection(source, target, path, "diagonal", fanout, weight)
     if isinstance(op, ConvOp):
+        pool, reduced = factor_pooling(op)
+        crop = op.crop
+        op = reduced
         c_out, cig, kh, kw = op.weight.shape
         c_in, g = op.in_shape[0], op.groups
         # (C_out, cig, kh, kw) -> (kh, kw, C_in, C_out/g): row [ky, kx, c] feeds one group's outputs
         w = op.weight.reshape(g, c_out // g, cig, kh, kw).transpose(3, 4, 0, 2, 1).reshape(kh, kw, c_in, c_out // g)
         w = w * unit[None, None, :, None]
-        geometry = (*op.in_shape[1:], c_in, *op.crop, *op.out_shape[1:], c_out, kh, kw,
+        geometry = (*src_shape[1:], c_in, *crop, *op.out_shape[1:], c_out, kh, kw,
                     *op.stride, *op.padding, *op.dilation, g)
-        return Projection(source, target, path, "conv", fanout, np.ascontiguousarray(w), geometry)
+        return Projection(source, target, path, "conv", fanout, np.ascontiguousarray(w), geometry, pool=pool)
     rows, cols = hwc_order(op.in_shape), hwc_order(op.out_shape)
     scale = np.tile(unit, op.in_shape[1] * op.in_shape[2])  # engine layout: channel = n % C
     if sp.issparse(op.matrix):
@@ -547,26 +611,31 @@ def compile_network(graph: Graph) -> Network:
     network = Network(graph, populations, gates, [], graph.output, tuple(graph.node(graph.output).shape),
                       input_macs=0, ann_macs=0)
     shapes = {p.name: p.shape for p in populations} | {g.name: g.out_shape for g in gates}
+    input_shape = _shape3(graph.input.shape)
+    forward_inputs = []
     for target, input_node, _ in network.targets():
+        from_input = []
         for source, chain in _paths(graph, kind, input_node):
-            network.projections.append(_projection(source, target, chain, shapes[source], units[source]))
+            if source != "input":
+                network.projections.append(_projection(source, target, chain, shapes[source], units[source]))
+            elif target not in forward_inputs:
+                try:  # the analog input is a source whose payload is the (preprocessed) value
+                    from_input.append(_projection(source, target, chain, input_shape, np.ones(input_shape[0])))
+                except ConversionError:  # composition over the memory limit: the NumPy executor does it
+                    forward_inputs.append(target)
+        if target not in forward_inputs:
+            network.input_projections += from_input
+    network.forward_inputs = tuple(forward_inputs)
 
     for node in graph.nodes:
         macs = node_macs(node, [graph.shape_of(s) for s in node.inputs])
         network.ann_macs += macs
         if kind[node.name] == "const":
             network.input_macs += macs
-    # values that depend on neither input nor spikes (bias propagation) are computed once
-    static = [n.name for n in graph.nodes if kind[n.name] == "linear" and _is_static(graph, kind, n.name)]
-    if static:
-        zeros = {s: np.zeros((1,) + graph.node(s).shape) for s in shapes}
-        network.static = forward(graph, None, wanted=static, fixed=zeros)
+    # bias and everything else that depends on neither input nor spikes: computed once
+    zeros = {s: np.zeros((1,) + graph.node(s).shape) for s in shapes}
+    values = forward(graph, np.zeros((1,) + tuple(graph.input.shape)), preprocessed=True,
+                     wanted=sorted({node for _, node, _ in network.targets()}), fixed=zeros)
+    for target, node, _ in network.targets():
+        network.static_current[target] = to_engine_layout(values[node].reshape((1,) + graph.shape_of(node)))[0]
     return network
-
-
-def _is_static(graph: Graph, kind: dict, name: str) -> bool:
-    if kind[name] in ("population", "gate"):
-        return True
-    if kind[name] == "const":
-        return False
-    return all(_is_static(graph, kind, s) for s in graph.node(name).inputs)

@@ -1,27 +1,39 @@
 """The event-driven simulator.
 
-At every time-step, in topological order, each population integrates its input
-current, emits spike events (Numba neuron kernels, in place), and only those events
-are scattered through its outgoing projections into the currents of later
-populations and the output accumulator (Numba scatter kernels).  The constant part of
-every current (bias, analog input: direct encoding) is computed once per batch and
-pre-loaded by the neuron kernels for the next step.  Kernels run in parallel over
-the samples of a batch.
+Populations are simulated one at a time, in topological order, each through all T
+time-steps at once (layer-major).  Without synaptic delays this is the same computation as
+stepping the whole network: population ``l`` at step ``t`` depends only on its sources at
+steps ``<= t``, and those have emitted the events of all T steps before ``l`` starts.
+For each population:
+
+1. its input currents of all T steps are pre-loaded with the constant current (bias and
+   analog input: direct encoding), then the events of every source, all samples and steps
+   at once, are scattered into them through the projections (Numba scatter kernels; only
+   the events that occurred are touched);
+2. the neurons run through the T steps and emit their events (Numba neuron kernels), with
+   spike, event and synaptic-operation counts per step.
+
+So there is one parallel region per projection and per population for a whole batch,
+work items are (sample, step) pairs (two threads are busy even at batch 1), a layer's
+weights stay in cache while all its events are scattered, and membrane potentials never
+leave L1.  Event buffers live only until the last projection that reads them; every buffer
+is kept across batches.
 
 :func:`simulate` is the public entry point; it validates everything once, then hands
 contiguous arrays of the right dtype to the kernels.
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from . import _kernels as K
-from .compile import Network, compile_network
+from .compile import Network, Projection, compile_network, to_engine_layout
 from .convert import ConversionOptions, convert
 from .data_io import check_data
 from .errors import ConversionError, DataError, describe
@@ -34,61 +46,123 @@ __all__ = ["simulate", "Simulator", "PRECISIONS", "NEGATIVE_THRESHOLD"]
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
 #: the signed IF neuron's negative threshold (methods.md 2.3, Fast-SNN)
 NEGATIVE_THRESHOLD = -1e-3
+#: a neuron kernel splits a population into parts so that there are about this many work
+#: items per thread (load balance), but no part is smaller than ``_MIN_PART`` neurons
+_ITEMS_PER_THREAD = 4
+_MIN_PART = 2048
 
 
-@dataclass
-class _PopState:
-    """Per-batch state of one population (or the event buffers of one gate)."""
-
-    current: np.ndarray | None
-    base: np.ndarray | None
-    v: np.ndarray | None
-    net: np.ndarray | None
-    ev_idx: np.ndarray
-    ev_cnt: np.ndarray
-    nev: np.ndarray
-    cum: np.ndarray | None = None
+def _run_if(pop, params, current, *out):
+    K.if_run(current, params.v0, params.param, pop.reset == "zero", *out)
 
 
-def _step_if(pop, params, st):
-    K.if_step(st.current, st.base, st.v, params, pop.reset == "zero", st.ev_idx, st.ev_cnt, st.nev)
+def _run_gn(pop, params, current, *out):
+    K.gn_run(current, params.v0, params.param, pop.tau, *out)
 
 
-def _step_gn(pop, params, st):
-    K.gn_step(st.current, st.base, st.v, params, pop.tau, st.ev_idx, st.ev_cnt, st.nev)
-
-
-def _step_signed_if(pop, params, st):
-    K.signed_if_step(st.current, st.base, st.v, st.net, params, st.v.dtype.type(NEGATIVE_THRESHOLD),
-                     st.ev_idx, st.ev_cnt, st.nev)
+def _run_signed_if(pop, params, current, *out):
+    K.signed_if_run(current, params.v0, params.param, NEGATIVE_THRESHOLD, *out)
 
 
 #: neuron model -> (kernel call, which per-channel parameter the kernel takes)
-NEURON_STEPS: dict[str, tuple[Callable, str]] = {
-    "if": (_step_if, "theta"),
-    "gn": (_step_gn, "unit"),
-    "signed_if": (_step_signed_if, "theta"),
+NEURON_RUNS: dict[str, tuple[Callable, str]] = {
+    "if": (_run_if, "theta"),
+    "gn": (_run_gn, "unit"),
+    "signed_if": (_run_signed_if, "theta"),
 }
 
 
-def _scatter_conv(proj, arrays, src, current):
-    K.scatter_conv(src.ev_idx, src.ev_cnt, src.nev, arrays[0], current, *proj.geometry)
+def _prepare_conv(proj: Projection, cast) -> tuple[Callable, tuple]:
+    (_, src_w, src_c, crop_h, crop_w, out_h, out_w, out_c, k_h, k_w,
+     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups) = proj.geometry
+    if groups == 1 and dil_h == dil_w == 1:
+        rows, taps_y, taps_x = K.conv_rows_layout(cast(proj.weight), stride_h, stride_w)
+        pool_h, pool_w = proj.pool
+
+        def scatter(ev_idx, ev_cnt, nev, current):
+            K.scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current, src_w, src_c, crop_h, crop_w,
+                                pool_h, pool_w, out_h, out_w, out_c, stride_h, stride_w, pad_h, pad_w)
+        return scatter, (rows,)
+    # compile.factor_pooling only pools groups-1, dilation-1 convolutions
+    weight = cast(proj.weight)
+
+    def scatter(ev_idx, ev_cnt, nev, current):
+        K.scatter_conv(ev_idx, ev_cnt, nev, weight, current, *proj.geometry)
+    return scatter, (weight,)
 
 
-def _scatter_dense(proj, arrays, src, current):
-    K.scatter_dense(src.ev_idx, src.ev_cnt, src.nev, arrays[0], current)
+def _prepare_diagonal(proj: Projection, cast) -> tuple[Callable, tuple]:
+    weight = cast(proj.weight)
+
+    def scatter(ev_idx, ev_cnt, nev, current):
+        K.scatter_diagonal(ev_idx, ev_cnt, nev, weight, current)
+    return scatter, (weight,)
 
 
-def _scatter_csr(proj, arrays, src, current):
-    K.scatter_csr(src.ev_idx, src.ev_cnt, src.nev, arrays[0], arrays[1], arrays[2], current)
+def _prepare_dense(proj: Projection, cast) -> tuple[Callable, tuple]:
+    weight = cast(proj.weight)
+
+    def scatter(ev_idx, ev_cnt, nev, current):
+        K.scatter_dense(ev_idx, ev_cnt, nev, weight, current)
+    return scatter, (weight,)
 
 
-#: projection kind -> scatter call
-SCATTERS: dict[str, Callable] = {"conv": _scatter_conv, "dense": _scatter_dense, "csr": _scatter_csr}
+def _prepare_csr(proj: Projection, cast) -> tuple[Callable, tuple]:
+    indptr, indices, data = proj.indptr, proj.indices, cast(proj.data)
+
+    def scatter(ev_idx, ev_cnt, nev, current):
+        K.scatter_csr(ev_idx, ev_cnt, nev, indptr, indices, data, current)
+    return scatter, (indptr, indices, data)
+
+
+#: projection kind -> preparation of its weights in the kernel layout and dtype, returning
+#: (scatter call taking (ev_idx, ev_cnt, nev, current) over work items, weight arrays)
+SCATTERS: dict[str, Callable[[Projection, Callable], tuple[Callable, tuple]]] = {
+    "conv": _prepare_conv, "diagonal": _prepare_diagonal, "dense": _prepare_dense, "csr": _prepare_csr,
+}
+
+
+@dataclass
+class _NeuronParams:
+    param: np.ndarray  # per channel: theta, or theta/tau for Group Neurons
+    v0: np.ndarray  # per neuron
+
+
+@dataclass
+class _Stage:
+    """One step of the plan: a population, a max-pooling gate, or the output."""
+
+    kind: str  # "population", "gate" or "output"
+    name: str
+    size: int
+    incoming: list[int] = field(default_factory=list)  # projection indices (populations, output)
+    release: list[str] = field(default_factory=list)  # sources whose events are no longer needed after it
+    slot: int = -1  # event buffer of what it emits
+
+
+class _Buffers:
+    """Flat arrays kept across batches; views of the requested shape are handed out."""
+
+    def __init__(self):
+        self._flat: dict[object, np.ndarray] = {}
+
+    def get(self, key, shape, dtype) -> np.ndarray:
+        size = math.prod(shape)
+        flat = self._flat.get(key)
+        if flat is None or flat.size < size or flat.dtype != dtype:
+            flat = self._flat[key] = np.empty(size, dtype)
+        return flat[:size].reshape(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._flat.values())
 
 
 class Simulator:
     """A compiled network made ready for the kernels in one precision.
+
+    Weights are cast and re-laid for the kernels once; :meth:`run_batch` then simulates
+    batches, re-using its buffers from one batch to the next.
 
     Parameters
     ----------
@@ -101,21 +175,85 @@ class Simulator:
         self.network = network
         self.dtype = np.dtype(dtype)
         cast = lambda a: np.ascontiguousarray(a, dtype=self.dtype)  # noqa: E731
-        self.params = {p.name: cast(getattr(p, NEURON_STEPS[p.model][1])) for p in network.populations}
-        self.v0 = {p.name: cast(p.v0) for p in network.populations}
-        self.weights = {}
+        self.params = {p.name: _NeuronParams(cast(getattr(p, NEURON_RUNS[p.model][1])), cast(p.v0))
+                       for p in network.populations}
+        self.scatters, self.weights = [], {}
         for i, proj in enumerate(network.projections):
-            if proj.kind == "csr":
-                self.weights[i] = (proj.indptr, proj.indices, cast(proj.data))
-            else:
-                self.weights[i] = (cast(proj.weight),)
-        self.fanout = {name: network.fanout(name) for name in
-                       [p.name for p in network.populations] + [g.name for g in network.gates]}
-        self.outgoing = {name: [i for i, pr in enumerate(network.projections) if pr.source == name]
-                         for name in self.fanout}
-        self.gates_after = {name: [g for g in network.gates if g.parent == name] for name in self.fanout}
+            call, arrays = SCATTERS[proj.kind](proj, cast)
+            self.scatters.append(call)
+            self.weights[i] = arrays
+        self.input_scatters: dict[str, list[Callable]] = {}
+        for i, proj in enumerate(network.input_projections):
+            call, arrays = SCATTERS[proj.kind](proj, cast)
+            self.input_scatters.setdefault(proj.target, []).append(call)
+            self.weights["input", i] = arrays
+        self.input_size = int(np.prod(network.graph.input.shape))
+        names = [p.name for p in network.populations] + [g.name for g in network.gates]
+        self.fanout = {name: network.fanout(name) for name in names}
         self.sizes = {p.name: p.size for p in network.populations}
         self.sizes.update({g.name: int(np.prod(g.out_shape)) for g in network.gates})
+        self.sizes[network.output] = int(np.prod(network.output_shape))
+        self.static_current = {name: cast(value)[None, :] for name, value in network.static_current.items()}
+        # one count dtype for all events: Group Neurons with tau > 127 need more than int8
+        max_count = max([p.tau for p in network.populations], default=1)
+        self.count_dtype = np.dtype(np.int8 if max_count <= np.iinfo(np.int8).max else np.int32)
+        self.stages = self._plan()
+        self.n_slots = 1 + max((s.slot for s in self.stages), default=-1)
+        self.buffers = _Buffers()
+        self._bounds: dict[tuple, np.ndarray] = {}
+        #: set to a dict to collect seconds per (stage name, phase) over the next batches
+        self.profile: dict[tuple[str, str], float] | None = None
+
+    def _timed(self, stage: str, phase: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        if self.profile is not None:
+            self.profile[stage, phase] = self.profile.get((stage, phase), 0.0) + t1 - t0
+        return t1
+
+    def _plan(self) -> list[_Stage]:
+        """Stage order, the sources each stage releases, and event-buffer slots by liveness."""
+        net = self.network
+        stages = []
+        for p in net.populations:
+            stages.append(_Stage("population", p.name, p.size,
+                                 [i for i, pr in enumerate(net.projections) if pr.target == p.name]))
+            stages += [_Stage("gate", g.name, self.sizes[g.name]) for g in net.gates if g.population == p.name]
+        stages.append(_Stage("output", net.output, self.sizes[net.output],
+                             [i for i, pr in enumerate(net.projections) if pr.target == net.output]))
+        last_use = {}
+        for j, stage in enumerate(stages):
+            reads = [net.projections[i].source for i in stage.incoming]
+            if stage.kind == "gate":
+                reads.append(next(g.parent for g in net.gates if g.name == stage.name))
+            for source in reads:
+                last_use[source] = j
+        free: list[int] = []
+        n_slots = 0
+        slot_of = {}
+        for j, stage in enumerate(stages):
+            stage.release = [s for s, last in last_use.items() if last == j]
+            if stage.kind == "population":  # its sources are read before it writes: free them first
+                free += [slot_of[s] for s in stage.release]
+            if stage.kind != "output" and stage.name in last_use:  # events that somebody reads
+                stage.slot = free.pop() if free else n_slots
+                n_slots = max(n_slots, stage.slot + 1)
+                slot_of[stage.name] = stage.slot
+            if stage.kind == "gate":
+                free += [slot_of[s] for s in stage.release]
+        return stages
+
+    def _parts(self, n_batch: int, size: int, channels: int) -> np.ndarray:
+        """Neuron ranges (multiples of ``channels``) so that small batches still use every thread."""
+        import numba
+
+        key = (n_batch, size, channels, numba.get_num_threads())
+        bounds = self._bounds.get(key)
+        if bounds is None:
+            threads, pixels = key[3], size // channels
+            wanted = -(-_ITEMS_PER_THREAD * threads // n_batch)
+            n_parts = max(1, min(wanted, pixels, size // _MIN_PART))
+            bounds = self._bounds[key] = np.linspace(0, pixels, n_parts + 1).astype(np.int64) * channels
+        return bounds
 
     def run_batch(self, x: np.ndarray, T: int, record: tuple[str, ...] = ()):
         """Simulate one batch of raw inputs for T steps.
@@ -134,79 +272,129 @@ class Simulator:
         """
         import numba
 
-        threads = numba.get_num_threads()
-        # parallel regions are over samples: more threads than samples only add overhead
-        numba.set_num_threads(max(1, min(threads, len(x))))
-        try:
+        # work items differ in size (steps, parts of a layer): hand them out one at a time
+        with numba.parallel_chunksize(1):
             return self._run_batch(x, T, record)
-        finally:
-            numba.set_num_threads(threads)
+
+    def _events(self, stage: _Stage, n_batch: int, T: int):
+        shape = (n_batch, T, stage.size)
+        return (self.buffers.get(("idx", stage.slot), shape, np.int32),
+                self.buffers.get(("cnt", stage.slot), shape, self.count_dtype))
+
+    def _input_events(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The preprocessed input as events of every input neuron, payload = value (direct encoding)."""
+        n_batch = len(x)
+        # preprocessed in float64, then rounded once to the simulation dtype
+        values = to_engine_layout(self.network.graph.input.preprocess(x)).astype(self.dtype)
+        idx = self.buffers.get("input idx", (n_batch, self.input_size), np.int32)
+        idx[:] = np.arange(self.input_size, dtype=np.int32)
+        return idx, values, np.full(n_batch, self.input_size, np.int64)
+
+    def _base(self, stage: _Stage, forward: dict, inputs: tuple) -> np.ndarray:
+        """Constant current of a target: ``(1, N)`` (bias only) or ``(B, N)`` (with the input)."""
+        if stage.name in forward:
+            return forward[stage.name]
+        static = self.static_current[stage.name]
+        if stage.name not in self.input_scatters:
+            return static
+        base = self.buffers.get("base", (len(inputs[0]), stage.size), self.dtype)
+        base[:] = static
+        for scatter in self.input_scatters[stage.name]:
+            scatter(*inputs, base)
+        return base
+
+    def _currents(self, stage: _Stage, forward: dict, inputs: tuple, n_batch: int, T: int, events: dict):
+        """Constant current plus every incoming projection, for all samples and steps."""
+        t0 = time.perf_counter()
+        base = self._base(stage, forward, inputs)
+        t0 = self._timed(stage.name, "input", t0)
+        current = self.buffers.get("current", (n_batch, T, stage.size), self.dtype)
+        K.fill_rows(current, base)
+        t0 = self._timed(stage.name, "fill", t0)
+        flat = current.reshape(n_batch * T, stage.size)
+        for i in stage.incoming:
+            source = self.network.projections[i].source
+            ev_idx, ev_cnt, nev = events[source]
+            items = n_batch * T
+            self.scatters[i](ev_idx.reshape(items, -1), ev_cnt.reshape(items, -1), nev.reshape(items), flat)
+            t0 = self._timed(stage.name, "scatter " + self.network.projections[i].kind, t0)
+        return current
 
     def _run_batch(self, x, T, record):
-        net, dtype, b = self.network, self.dtype, len(x)
-        base = net.constant_currents(x)
-        states: dict[str, _PopState] = {}
-        for p in net.populations:
-            n = p.size
-            states[p.name] = _PopState(
-                # copies: broadcast views are read-only, and kernels write v and current
-                current=np.array(base[p.name], dtype=dtype), base=np.array(base[p.name], dtype=dtype),
-                v=np.array(np.broadcast_to(self.v0[p.name], (b, n))),
-                net=np.zeros((b, n), np.int32) if p.model == "signed_if" else None,
-                ev_idx=np.empty((b, n), np.int32), ev_cnt=np.empty((b, n), np.int32), nev=np.zeros(b, np.int64))
-        for g in net.gates:
-            n = self.sizes[g.name]
-            states[g.name] = _PopState(None, None, None, None, np.empty((b, n), np.int32),
-                                       np.empty((b, n), np.int32), np.zeros(b, np.int64),
-                                       cum=np.zeros((b, int(np.prod(g.in_shape))), np.int32))
-        out_base = np.array(base[net.output], dtype=dtype)
-        out_current = out_base.copy()
-        out_sum = np.zeros(out_current.shape, np.float64)
-        currents = {name: st.current for name, st in states.items() if st.current is not None}
-        currents[net.output] = out_current
-        stats = {p.name: np.zeros((T, b, 3), np.int64) for p in net.populations}
-        scratch = np.zeros((b, 3), np.int64)
-        order = _chw_order(net.output_shape)
-        predictions = np.empty((b, T), np.int64)
-        counts = {name: np.zeros((b, self.sizes[name]), np.int64) for name in record}
-
-        def emit(name, population, t):
-            st = states[name]
-            if name == population:
-                K.event_stats(st.ev_idx, st.ev_cnt, st.nev, self.fanout[name], stats[population][t])
-            else:  # a gate's SOPs belong to the population whose spikes it passes on
-                scratch[:] = 0
-                K.event_stats(st.ev_idx, st.ev_cnt, st.nev, self.fanout[name], scratch)
-                stats[population][t][:, 2] += scratch[:, 2]
-            for i in self.outgoing[name]:
-                proj = net.projections[i]
-                SCATTERS[proj.kind](proj, self.weights[i], st, currents[proj.target])
-            for g in self.gates_after[name]:
-                gs = states[g.name]
+        net, b = self.network, len(x)
+        t0 = time.perf_counter()
+        forward = {name: np.ascontiguousarray(value, dtype=self.dtype)
+                   for name, value in net.constant_currents(x).items()}
+        inputs = self._input_events(x)
+        self._timed("input", "preprocess", t0)
+        pops = {p.name: p for p in net.populations}
+        gates = {g.name: g for g in net.gates}
+        events: dict[str, tuple] = {}
+        stats = {}
+        counts = {}
+        logits_steps = None
+        for stage in self.stages:
+            if stage.kind == "gate":
+                g = gates[stage.name]
+                src_idx, src_cnt, src_nev = events[g.parent]
+                ev_idx, ev_cnt = self._events(stage, b, T)
+                nev = np.empty((b, T), np.int64)
                 (kh, kw), (sh, sw), (ph, pw) = g.kernel, g.stride, g.padding
-                K.maxpool_gate(st.ev_idx, st.ev_cnt, st.nev, gs.cum, g.in_shape[1], g.in_shape[2], g.in_shape[0],
-                               g.out_shape[1], g.out_shape[2], kh, kw, sh, sw, ph, pw, gs.ev_idx, gs.ev_cnt, gs.nev)
-                emit(g.name, population, t)
+                cum = np.zeros((b, int(np.prod(g.in_shape))), np.int32)
+                K.maxpool_gate(src_idx, src_cnt, src_nev, cum, g.in_shape[1], g.in_shape[2], g.in_shape[0],
+                               g.out_shape[1], g.out_shape[2], kh, kw, sh, sw, ph, pw, ev_idx, ev_cnt, nev)
+                # a gate's SOPs belong to the population whose spikes it passes on
+                gate_stats = np.zeros((b * T, 3), np.int64)
+                K.event_stats(ev_idx.reshape(b * T, -1), ev_cnt.reshape(b * T, -1), nev.reshape(b * T),
+                              self.fanout[g.name], gate_stats)
+                stats[g.population][:, 2] += gate_stats.reshape(b, T, 3)[:, :, 2].sum(axis=0)
+                events[g.name] = (ev_idx, ev_cnt, nev)
+            elif stage.kind == "population":
+                p = pops[stage.name]
+                current = self._currents(stage, forward, inputs, b, T, events)
+                for source in stage.release:
+                    del events[source]
+                if stage.slot >= 0:
+                    ev_idx, ev_cnt = self._events(stage, b, T)
+                else:  # nothing reads its events (the counts may still be recorded)
+                    ev_idx = np.empty((b, T, stage.size), np.int32)
+                    ev_cnt = np.empty((b, T, stage.size), self.count_dtype)
+                bounds = self._parts(b, stage.size, p.shape[0])
+                n_parts = len(bounds) - 1
+                nev_parts = np.empty((b, T, n_parts), np.int64)
+                part_stats = np.empty((b, T, n_parts, 3), np.int64)
+                t0 = time.perf_counter()
+                NEURON_RUNS[p.model][0](p, self.params[p.name], current, bounds, self.fanout[p.name], ev_idx,
+                                        ev_cnt, nev_parts, part_stats, np.empty((0, stage.size), self.dtype))
+                if n_parts > 1:
+                    nev = np.empty((b, T), np.int64)
+                    K.join_parts(ev_idx, ev_cnt, nev_parts, bounds, nev)
+                else:
+                    nev = np.ascontiguousarray(nev_parts[:, :, 0])
+                self._timed(p.name, "neurons", t0)
+                stats[p.name] = part_stats.sum(axis=(0, 2))
+                if p.name in record:
+                    counts[p.name] = np.zeros((b, stage.size), np.int64)
+                    K.accumulate_counts(ev_idx, ev_cnt, nev, counts[p.name])
+                events[p.name] = (ev_idx, ev_cnt, nev)
+            else:
+                current = self._currents(stage, forward, inputs, b, T, events)
+                # running sum over the steps in float64, as an accumulator would do it
+                logits_steps = np.cumsum(current, axis=1, dtype=np.float64)
+            if stage.kind == "gate":
+                for source in stage.release:
+                    del events[source]
 
-        for t in range(T):
-            for p in net.populations:
-                NEURON_STEPS[p.model][0](p, self.params[p.name], states[p.name])
-                emit(p.name, p.name, t)
-                if p.name in counts:
-                    st = states[p.name]
-                    for i in range(b):
-                        np.add.at(counts[p.name][i], st.ev_idx[i, :st.nev[i]], st.ev_cnt[i, :st.nev[i]])
-            out_sum += out_current
-            out_current[:] = out_base
-            predictions[:, t] = out_sum[:, order].argmax(axis=1)
-        del emit  # the closure refers to itself: break the cycle so batch buffers are freed at once
-        stats = {k: v.sum(axis=1) for k, v in stats.items()}
+        order = _chw_order(net.output_shape)
+        logits_steps = logits_steps[:, :, order]
+        predictions = logits_steps.argmax(axis=2)
+        logits = logits_steps[:, -1]
         if record:
             shapes = {p.name: p.shape for p in net.populations}
             counts = {k: v[:, _chw_order(shapes[k])].reshape((b,) + tuple(net.graph.node(k).shape))
                       for k, v in counts.items()}
-            return predictions, stats, out_sum[:, order], counts
-        return predictions, stats, out_sum[:, order]
+            return predictions, stats, logits, counts
+        return predictions, stats, logits
 
 
 def _chw_order(shape) -> np.ndarray:
@@ -215,6 +403,26 @@ def _chw_order(shape) -> np.ndarray:
         return np.arange(int(np.prod(shape)))
     c, h, w = shape
     return np.arange(c * h * w).reshape(h, w, c).transpose(2, 0, 1).ravel()
+
+
+def _jit_timer():
+    """Context measuring the time Numba spends compiling kernels (cache loads are not compiles)."""
+    from numba.core.event import TimingListener, install_listener
+
+    return install_listener("numba:compile", TimingListener())
+
+
+def _kernel_cache_stats() -> tuple[int, int]:
+    """(specialisations loaded from Numba's cache, specialisations compiled) so far, all kernels."""
+    from numba.core.registry import CPUDispatcher
+
+    from ._kernels import neurons, pooling, scatter, stats
+
+    kernels = {id(obj): obj for module in (neurons, pooling, scatter, stats) for obj in vars(module).values()
+               if isinstance(obj, CPUDispatcher)}
+    hits = sum(sum(k.stats.cache_hits.values()) for k in kernels.values())
+    misses = sum(sum(k.stats.cache_misses.values()) for k in kernels.values())
+    return hits, misses
 
 
 def _as_network(model, options: ConversionOptions | None) -> Network:
@@ -277,16 +485,18 @@ def simulate(model, x, y=None, T: int = 32, batch_size: int = 64, precision: str
 
     predictions, first_batch_seconds = [], None
     totals = {p.name: np.zeros((T, 3), np.int64) for p in network.populations}
-    for start in range(0, len(x), batch_size):
-        tb = time.perf_counter()
-        pred, stats, _ = sim.run_batch(x[start:start + batch_size], T)
-        if first_batch_seconds is None:
-            first_batch_seconds = time.perf_counter() - tb
-        predictions.append(pred)
-        for name, s in stats.items():
-            totals[name] += s
-        if progress is not None:
-            progress(len(pred))
+    hits, misses = _kernel_cache_stats()
+    with _jit_timer() as jit:
+        for start in range(0, len(x), batch_size):
+            tb = time.perf_counter()
+            pred, stats, _ = sim.run_batch(x[start:start + batch_size], T)
+            if first_batch_seconds is None:
+                first_batch_seconds = time.perf_counter() - tb
+            predictions.append(pred)
+            for name, s in stats.items():
+                totals[name] += s
+            if progress is not None:
+                progress(len(pred))
     t2 = time.perf_counter()
     predictions = np.concatenate(predictions)
     n = len(x)
@@ -301,6 +511,9 @@ def simulate(model, x, y=None, T: int = 32, batch_size: int = 64, precision: str
     settings = {"model": graph.source, "T": int(T), "batch_size": int(batch_size), "precision": precision,
                 "samples": n, "neuron": sorted({p.model for p in network.populations}),
                 "conversion": conversion, "calibration": graph.metadata.get("calibration")}
-    timing = {"compile_s": t1 - t0, "simulate_s": t2 - t1, "first_batch_s": first_batch_seconds}
+    hits_after, misses_after = _kernel_cache_stats()
+    timing = {"compile_s": t1 - t0, "simulate_s": t2 - t1, "first_batch_s": first_batch_seconds,
+              "jit_s": jit.duration if jit.done else 0.0, "kernels_compiled": misses_after - misses,
+              "kernels_from_cache": hits_after - hits}
     return Results(int(T), n, accuracy, predictions, layers, network.input_macs, network.ann_macs,
                    energy or EnergyModel(), settings, timing)

@@ -5,53 +5,105 @@ vectorised expressions, no numba, and no code shared with the ``evsim`` package.
 the fast implementations against these references.
 
 Conventions shared with the engine: a population of shape (C, H, W) is stored in HWC order,
-neuron index ``n = (y*W + x)*C + c``; batch arrays are (B, N). Functions here never modify their
-inputs; they return new arrays.
+neuron index ``n = (y*W + x)*C + c``; batch arrays are (B, N), layer-major neuron arrays
+(B, T, N). Functions here never modify their inputs; they return new arrays.
 """
 import numpy as np
 
 # ============================================================================================
 # Kernel twins
 # ============================================================================================
-# One twin per kernel of ``evsim._kernels``. Events are represented densely: ``counts`` is a
-# (B, N) int32 array of signed spike counts (0 = no event). ``events_to_dense`` and
+# One twin per kernel of ``evsim._kernels``. Events are represented densely: ``counts`` is an
+# array (..., N) of signed spike counts (0 = no event) whose leading axes are the kernel's
+# items, e.g. (B, T) for neuron outputs or (B*T,) for a scatter. ``events_to_dense`` and
 # ``dense_to_events`` convert between that and the kernels' event lists. Arithmetic is done in
 # the dtype of the float arrays passed in, exactly as the kernels must do it.
 
+# --- event lists ----------------------------------------------------------------------------
+
+def _check_segment(idx, cnt, low, high):
+    """One item's (or one part's) events: strictly increasing indices in [low, high), no 0."""
+    assert np.all(np.diff(idx) > 0), "event indices must be strictly increasing"
+    assert idx.size == 0 or (idx[0] >= low and idx[-1] < high), "event index out of range"
+    assert np.all(cnt != 0), "event counts must be non-zero"
+
 
 def events_to_dense(ev_idx, ev_cnt, nev, n_neurons):
-    """Event lists -> dense (B, n_neurons) int32 counts; checks the event-list invariants.
+    """Event lists ``(..., E)`` with ``nev`` ``(...)`` -> dense int64 counts ``(..., n_neurons)``.
 
-    Asserts that each sample's indices are strictly increasing and in range, and that no
-    count is 0.
+    Checks the event-list invariants of every item (see ``_check_segment``).
     """
-    n_batch = nev.shape[0]
-    counts = np.zeros((n_batch, n_neurons), dtype=np.int32)
+    nev = np.asarray(nev)
+    idx_items = np.asarray(ev_idx).reshape(nev.size, np.shape(ev_idx)[-1])
+    cnt_items = np.asarray(ev_cnt).reshape(nev.size, np.shape(ev_cnt)[-1])
+    counts = np.zeros((nev.size, n_neurons), dtype=np.int64)
+    for i, m in enumerate(nev.reshape(-1)):
+        assert 0 <= m <= idx_items.shape[1], "event count out of range"
+        idx, cnt = idx_items[i, :m], cnt_items[i, :m]
+        _check_segment(idx, cnt, 0, n_neurons)
+        counts[i, idx] = cnt
+    return counts.reshape(nev.shape + (n_neurons,))
+
+
+def part_events_to_dense(ev_idx, ev_cnt, nev_parts, bounds, n_neurons):
+    """Unjoined neuron-kernel output -> dense int64 counts (B, T, n_neurons).
+
+    Part ``k`` of item (b, t) holds ``nev_parts[b, t, k]`` events starting at slot ``bounds[k]``,
+    all of them neurons of its own range ``[bounds[k], bounds[k+1])``.
+    """
+    n_batch, n_steps, n_parts = nev_parts.shape
+    counts = np.zeros((n_batch, n_steps, n_neurons), dtype=np.int64)
     for b in range(n_batch):
-        idx = np.asarray(ev_idx[b, : nev[b]])
-        cnt = np.asarray(ev_cnt[b, : nev[b]])
-        assert np.all(np.diff(idx) > 0), "event indices must be strictly increasing"
-        assert idx.size == 0 or (idx[0] >= 0 and idx[-1] < n_neurons), "event index out of range"
-        assert np.all(cnt != 0), "event counts must be non-zero"
-        counts[b, idx] = cnt
+        for t in range(n_steps):
+            for k in range(n_parts):
+                lo, hi, m = bounds[k], bounds[k + 1], nev_parts[b, t, k]
+                assert 0 <= m <= hi - lo, "more events than neurons in a part"
+                idx, cnt = ev_idx[b, t, lo:lo + m], ev_cnt[b, t, lo:lo + m]
+                _check_segment(idx, cnt, lo, hi)
+                counts[b, t, idx] = cnt
     return counts
 
 
-def dense_to_events(counts, capacity=None):
-    """Dense (B, N) counts -> (ev_idx, ev_cnt, nev) event lists with room for ``capacity``."""
-    counts = np.asarray(counts)
-    n_batch, n_neurons = counts.shape
-    capacity = n_neurons if capacity is None else capacity
-    ev_idx = np.zeros((n_batch, capacity), dtype=np.int32)
-    ev_cnt = np.zeros((n_batch, capacity), dtype=np.int32)
-    nev = np.zeros(n_batch, dtype=np.int64)
-    for b in range(n_batch):
-        idx = np.flatnonzero(counts[b])
-        ev_idx[b, : idx.size] = idx
-        ev_cnt[b, : idx.size] = counts[b, idx]
-        nev[b] = idx.size
-    return ev_idx, ev_cnt, nev
+def dense_to_events(counts, capacity=None, count_dtype=None, every_neuron=False):
+    """Dense counts ``(..., N)`` -> ``(ev_idx, ev_cnt, nev)`` event lists with room for ``capacity``.
 
+    ``every_neuron`` makes an event of every neuron, zeros included: the engine's analog input
+    (one float payload per input neuron). Unused slots are poisoned with the event (0, 1), so a
+    kernel that reads past ``nev`` changes its result.
+    """
+    counts = np.asarray(counts)
+    lead, n_neurons = counts.shape[:-1], counts.shape[-1]
+    capacity = n_neurons if capacity is None else capacity
+    flat = counts.reshape(-1, n_neurons)
+    ev_idx = np.zeros((flat.shape[0], capacity), dtype=np.int32)
+    ev_cnt = np.ones((flat.shape[0], capacity), dtype=count_dtype or counts.dtype)
+    nev = np.zeros(flat.shape[0], dtype=np.int64)
+    for i, row in enumerate(flat):
+        idx = np.arange(n_neurons) if every_neuron else np.flatnonzero(row)
+        ev_idx[i, : idx.size] = idx
+        ev_cnt[i, : idx.size] = row[idx]
+        nev[i] = idx.size
+    return ev_idx.reshape(lead + (capacity,)), ev_cnt.reshape(lead + (capacity,)), nev.reshape(lead)
+
+
+def join_parts_ref(ev_idx, ev_cnt, nev_parts, bounds):
+    """Concatenate the part segments of every (b, t) in part order.
+
+    Returns ``(ev_idx, ev_cnt, nev)``: only the first ``nev[b, t]`` entries are meaningful.
+    """
+    n_batch, n_steps, n_parts = nev_parts.shape
+    out_idx, out_cnt = np.zeros_like(ev_idx), np.zeros_like(ev_cnt)
+    nev = np.zeros((n_batch, n_steps), dtype=np.int64)
+    for b in range(n_batch):
+        for t in range(n_steps):
+            segments = [slice(bounds[k], bounds[k] + nev_parts[b, t, k]) for k in range(n_parts)]
+            idx = np.concatenate([ev_idx[b, t, s] for s in segments])
+            cnt = np.concatenate([ev_cnt[b, t, s] for s in segments])
+            out_idx[b, t, : idx.size], out_cnt[b, t, : idx.size], nev[b, t] = idx, cnt, idx.size
+    return out_idx, out_cnt, nev
+
+
+# --- neurons (layer-major: all T steps of one population) -----------------------------------
 
 def per_neuron(channel_values, n_neurons):
     """Expand a per-channel (C,) array to (N,) in HWC order: neuron n has channel n % C."""
@@ -59,44 +111,84 @@ def per_neuron(channel_values, n_neurons):
     return channel_values[np.arange(n_neurons) % channel_values.shape[0]]
 
 
-def if_step_ref(current, base, v, theta, reset_zero):
-    """IF neuron step. Returns ``(counts, v_new, current_new)``; current_new is ``base``."""
-    theta_n = per_neuron(theta, v.shape[1])
-    h = v + current
-    spike = h >= theta_n
-    if reset_zero:
-        v_new = np.where(spike, np.zeros_like(h), h)
-    else:
-        v_new = np.where(spike, h - theta_n, h)
-    return spike.astype(np.int32), v_new, base.copy()
+def if_run_ref(current, v0, theta, reset_zero):
+    """IF neurons over T steps. ``current`` (B, T, N), ``v0`` (N,), ``theta`` (C,).
+
+    Returns ``(counts (B, T, N) int64, v(T) (B, N))``.
+    """
+    n_batch, n_steps, n_neurons = current.shape
+    theta_n = per_neuron(theta, n_neurons)
+    v = np.tile(v0, (n_batch, 1))
+    counts = np.zeros(current.shape, dtype=np.int64)
+    for t in range(n_steps):
+        h = v + current[:, t]
+        spike = h >= theta_n
+        v = np.where(spike, np.zeros_like(h) if reset_zero else h - theta_n, h)
+        counts[:, t] = spike
+    return counts, v
 
 
-def gn_step_ref(current, base, v, theta_unit, tau):
-    """Group-neuron step: count the members i = 1..tau with ``h >= i*theta_unit`` literally.
+def gn_run_ref(current, v0, theta_unit, tau):
+    """Group Neurons over T steps: count the members i = 1..tau with ``h >= i*theta_unit`` literally.
 
     Member thresholds ``i*theta_unit`` are products in the array dtype. Returns
-    ``(counts, v_new, current_new)``.
+    ``(counts (B, T, N) int64, v(T) (B, N))``.
     """
-    dtype = v.dtype
-    unit_n = per_neuron(theta_unit, v.shape[1])
-    h = v + current
+    n_batch, n_steps, n_neurons = current.shape
+    dtype = current.dtype
+    unit_n = per_neuron(theta_unit, n_neurons)
     member_thresholds = np.arange(1, tau + 1).astype(dtype)[:, None, None] * unit_n[None, None, :]
-    s = (h[None] >= member_thresholds).sum(axis=0)
-    v_new = np.where(s > 0, h - s.astype(dtype) * unit_n, h)
-    return s.astype(np.int32), v_new, base.copy()
+    v = np.tile(v0, (n_batch, 1))
+    counts = np.zeros(current.shape, dtype=np.int64)
+    for t in range(n_steps):
+        h = v + current[:, t]
+        s = (h[None] >= member_thresholds).sum(axis=0)
+        v = np.where(s > 0, h - s.astype(dtype) * unit_n, h)
+        counts[:, t] = s
+    return counts, v
 
 
-def signed_if_step_ref(current, base, v, net, theta, neg_threshold):
-    """Fast-SNN signed IF step. Returns ``(counts, v_new, net_new, current_new)``."""
-    theta_n = per_neuron(theta, v.shape[1])
-    negative_threshold = v.dtype.type(neg_threshold)
-    h = v + current
-    positive = h >= theta_n
-    negative = ~positive & (h <= negative_threshold) & (net > 0)
-    v_new = np.where(positive, h - theta_n, np.where(negative, h + theta_n, h))
-    counts = positive.astype(np.int32) - negative.astype(np.int32)
-    return counts, v_new, (net + counts).astype(np.int32), base.copy()
+def signed_if_run_ref(current, v0, theta, neg_threshold):
+    """Fast-SNN signed IF neurons over T steps, net count N(0) = 0.
 
+    Returns ``(counts (B, T, N) int64 in {-1, 0, 1}, v(T) (B, N))``.
+    """
+    n_batch, n_steps, n_neurons = current.shape
+    theta_n = per_neuron(theta, n_neurons)
+    negative_threshold = current.dtype.type(neg_threshold)
+    v = np.tile(v0, (n_batch, 1))
+    net = np.zeros((n_batch, n_neurons), dtype=np.int64)
+    counts = np.zeros(current.shape, dtype=np.int64)
+    for t in range(n_steps):
+        h = v + current[:, t]
+        positive = h >= theta_n
+        negative = ~positive & (h <= negative_threshold) & (net > 0)
+        v = np.where(positive, h - theta_n, np.where(negative, h + theta_n, h))
+        counts[:, t] = positive.astype(np.int64) - negative.astype(np.int64)
+        net += counts[:, t]
+    return counts, v
+
+
+def neuron_stats_ref(counts, fanout, bounds):
+    """Per (b, t, part): [spikes = sum |k|, events, SOPs = sum |k| * fanout[n]] -> (B, T, P, 3)."""
+    n_parts = len(bounds) - 1
+    magnitude = np.abs(counts)
+    stats = np.zeros(counts.shape[:2] + (n_parts, 3), dtype=np.int64)
+    for k in range(n_parts):
+        part = slice(bounds[k], bounds[k + 1])
+        stats[:, :, k, 0] = magnitude[:, :, part].sum(axis=2)
+        stats[:, :, k, 1] = (counts[:, :, part] != 0).sum(axis=2)
+        stats[:, :, k, 2] = magnitude[:, :, part] @ fanout[part]
+    return stats
+
+
+def fill_rows_ref(base, n_batch, n_steps):
+    """(B, T, N) currents with row ``base[b % R]`` at every step of sample b."""
+    rows = base[np.arange(n_batch) % base.shape[0]]
+    return np.repeat(rows[:, None, :], n_steps, axis=1)
+
+
+# --- scatter (items: one row of counts per (sample, step)) ----------------------------------
 
 def conv_weight_to_kernel_layout(weight_oihw, groups):
     """PyTorch OIHW conv weight -> (k_h, k_w, src_c, out_c // groups) scatter layout (loops)."""
@@ -116,7 +208,10 @@ def conv_weight_to_kernel_layout(weight_oihw, groups):
 def scatter_conv_ref(counts, weight, current, src_h, src_w, src_c, crop_h, crop_w,
                      out_h, out_w, out_c, k_h, k_w, stride_h, stride_w, pad_h, pad_w,
                      dil_h, dil_w, groups):
-    """Scatter-form convolution, literally as specified, with plain loops over the events."""
+    """Scatter-form convolution, literally as specified, with plain loops over the events.
+
+    ``counts`` (items, N_src) may hold integer counts or float payloads.
+    """
     current = current.copy()
     dtype = weight.dtype
     in_per_group = src_c // groups
@@ -171,6 +266,29 @@ def conv2d_direct_ref(counts, weight_oihw, src_h, src_w, src_c, crop_h, crop_w, 
     return out.reshape(n_batch, -1)
 
 
+def sum_pool_ref(counts, src_h, src_w, src_c, crop_h, crop_w, pool_h, pool_w):
+    """Sum the cropped source over non-overlapping pool_h x pool_w blocks (HWC, loops).
+
+    Blocks cut by the crop edge sum what they hold, so the pooled grid has
+    ``ceil(crop/pool)`` positions per axis. Returns ``(pooled (items, gh*gw*C), gh, gw)``,
+    summed in int64 (integer counts) or float64 (float payloads).
+    """
+    n_items = counts.shape[0]
+    grid_h, grid_w = -(-crop_h // pool_h), -(-crop_w // pool_w)
+    acc = np.int64 if np.issubdtype(counts.dtype, np.integer) else np.float64
+    image = counts.reshape(n_items, src_h, src_w, src_c).astype(acc)
+    pooled = np.zeros((n_items, grid_h, grid_w, src_c), dtype=acc)
+    for y in range(crop_h):
+        for x in range(crop_w):
+            pooled[:, y // pool_h, x // pool_w, :] += image[:, y, x, :]
+    return pooled.reshape(n_items, -1), grid_h, grid_w
+
+
+def scatter_diagonal_ref(counts, weight, current):
+    """One-to-one projection: ``current + counts * weight`` elementwise (counts in the weight dtype)."""
+    return current + counts.astype(weight.dtype) * weight
+
+
 def scatter_dense_ref(counts, weight, current):
     """Dense projection: ``current + counts @ weight`` (counts converted to the weight dtype)."""
     return current + counts.astype(weight.dtype) @ weight
@@ -190,37 +308,47 @@ def scatter_csr_ref(counts, indptr, indices, data, current):
     return scatter_dense_ref(counts, csr_to_dense(indptr, indices, data, current.shape[1]), current)
 
 
+# --- max-pooling gate and statistics --------------------------------------------------------
+
 def maxpool_gate_ref(counts, cum, src_h, src_w, src_c, out_h, out_w, k_h, k_w,
                      stride_h, stride_w, pad_h, pad_w):
-    """Gated spiking max pooling in gather form. Returns ``(out_counts, cum_new)``.
+    """Gated spiking max pooling in gather form over T steps. Returns ``(out_counts, cum_new)``.
 
-    ``cum_new = cum + counts``; every output window takes the count of this step at its winner,
-    the in-bounds position with the largest ``cum_new`` (``np.argmax``: first in row-major
-    order on ties).
+    ``counts`` (B, T, N_src); per step ``cum += counts[:, t]``, then every output window takes
+    this step's count at its winner, the in-bounds position with the largest ``cum``
+    (``np.argmax``: first in row-major order on ties). ``out_counts`` is (B, T, N_out) int64.
     """
-    cum_new = (cum + counts).astype(np.int32)
-    out = np.zeros((counts.shape[0], out_h * out_w * src_c), dtype=np.int32)
-    for b in range(counts.shape[0]):
-        for oy in range(out_h):
-            for ox in range(out_w):
-                for c in range(src_c):
-                    members = [
-                        (y * src_w + x) * src_c + c
-                        for y in range(oy * stride_h - pad_h, oy * stride_h - pad_h + k_h)
-                        for x in range(ox * stride_w - pad_w, ox * stride_w - pad_w + k_w)
-                        if 0 <= y < src_h and 0 <= x < src_w
-                    ]
-                    if members:
-                        winner = members[int(np.argmax(cum_new[b, members]))]
-                        out[b, (oy * out_w + ox) * src_c + c] = counts[b, winner]
-    return out, cum_new
+    n_batch, n_steps, _ = counts.shape
+    cum = cum.astype(np.int64)
+    out = np.zeros((n_batch, n_steps, out_h * out_w * src_c), dtype=np.int64)
+    for t in range(n_steps):
+        cum = cum + counts[:, t]
+        for b in range(n_batch):
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    for c in range(src_c):
+                        members = [
+                            (y * src_w + x) * src_c + c
+                            for y in range(oy * stride_h - pad_h, oy * stride_h - pad_h + k_h)
+                            for x in range(ox * stride_w - pad_w, ox * stride_w - pad_w + k_w)
+                            if 0 <= y < src_h and 0 <= x < src_w
+                        ]
+                        if members:
+                            winner = members[int(np.argmax(cum[b, members]))]
+                            out[b, t, (oy * out_w + ox) * src_c + c] = counts[b, t, winner]
+    return out, cum
 
 
 def event_stats_ref(counts, fanout, out):
-    """``out + [spikes, events, SOPs]`` per sample (SOPs = sum |k| * fanout[n])."""
+    """``out + [spikes, events, SOPs]`` per item (SOPs = sum |k| * fanout[n])."""
     magnitude = np.abs(counts.astype(np.int64))
     step = np.stack([magnitude.sum(axis=1), (counts != 0).sum(axis=1), magnitude @ fanout], axis=1)
     return out + step
+
+
+def accumulate_counts_ref(counts, totals):
+    """``totals + sum over steps of counts``: (B, T, N) counts, (B, N) totals."""
+    return totals + counts.astype(np.int64).sum(axis=1)
 
 
 # ============================================================================================

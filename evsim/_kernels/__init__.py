@@ -3,18 +3,25 @@
 Kernels take only NumPy arrays and scalars, never raise, and do no validation: the engine checks
 shapes and coerces dtypes/contiguity before calling them. Compilation flags live in ``_flags``.
 """
-from .neurons import gn_step, if_step, signed_if_step
+from .neurons import gn_run, if_run, join_parts, signed_if_run
 from .pooling import maxpool_gate
-from .scatter import scatter_conv, scatter_csr, scatter_dense
-from .stats import event_stats
+from .scatter import (conv_rows_layout, fill_rows, scatter_conv, scatter_conv_rows, scatter_csr, scatter_dense,
+                      scatter_diagonal)
+from .stats import accumulate_counts, event_stats
 
 __all__ = [
-    "if_step",
-    "gn_step",
-    "signed_if_step",
+    "if_run",
+    "gn_run",
+    "signed_if_run",
+    "join_parts",
+    "fill_rows",
+    "conv_rows_layout",
+    "scatter_conv_rows",
     "scatter_conv",
+    "scatter_diagonal",
     "scatter_dense",
     "scatter_csr",
     "maxpool_gate",
     "event_stats",
+    "accumulate_counts",
 ]

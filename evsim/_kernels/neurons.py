@@ -1,89 +1,147 @@
-"""Neuron update kernels: one simulation step of a whole neuron population.
+"""Neuron kernels: all T steps of one neuron population at once (layer-major).
 
-Common conventions (see docs/methods.md section 2 for the equations):
+A feed-forward SNN without synaptic delay can be simulated one population at a time:
+population ``l`` at step ``t`` depends only on its sources at steps ``<= t``, so once every
+source has emitted the events of all T steps, the input currents of all T steps of ``l`` are
+known and its neurons can run through the T steps without leaving L1.  See
+docs/methods.md section 2 for the equations.
 
-- Batch arrays are ``(B, N)`` C-contiguous; neuron ``n`` of a ``(C, H, W)`` population is stored
+Common conventions:
+
+- ``current`` is ``(B, T, N)`` C-contiguous: the full input x(t) of every step (constant
+  current included).  It is only read.  Neuron ``n`` of a ``(C, H, W)`` population is stored
   in HWC order, ``n = (y*W + x)*C + c``, so its channel is ``c = n % C`` with
-  ``C = theta.shape[0]`` (``N`` must be a multiple of ``C``).
-- ``current`` holds the input x(t) of this step (base current plus the synaptic input scattered
-  into it). After it is read, it is overwritten with ``base`` (bias + analog input, constant over
-  steps), which pre-loads the buffer for the next step.
-- Output events of sample ``b`` are written to the first ``nev[b]`` entries of ``ev_idx[b]``
-  (int32 neuron index, increasing) and ``ev_cnt[b]`` (int32 signed count, never 0); both have
-  room for ``N`` events.
-- All arithmetic is done in the dtype of the arrays (float32 or float64): spikes are decided by
-  comparisons, which must match the NumPy references bit for bit.
+  ``C = theta.shape[0]`` (``N`` is a multiple of ``C``).
+- ``v0`` is the initial potential per neuron ``(N,)``.  Potentials live in a small local
+  buffer per pixel; ``v_final`` ``(B, N)`` receives v(T) when it has ``B`` rows (pass a
+  ``(0, N)`` array to skip that write).
+- Work is split into items ``(b, part)``; ``bounds`` ``(P + 1,)`` gives the neuron range
+  ``[bounds[k], bounds[k+1])`` of part ``k`` (multiples of ``C``).  A part writes the events
+  of step ``t`` of sample ``b`` to ``ev_idx[b, t, bounds[k]:]`` and ``ev_cnt[b, t, bounds[k]:]``
+  (increasing neuron index, signed count never 0; there is room because a neuron has at
+  most one event per step) and their number to ``nev[b, t, k]``; with ``P > 1`` the parts
+  are joined afterwards by :func:`join_parts`.
+- ``stats[b, t, k]`` receives (spikes = sum |count|, events, SOPs = sum |count|*fanout[n]).
+- All arithmetic is done in the dtype of ``current`` (float32 or float64): spikes are decided
+  by comparisons, which must match the NumPy references bit for bit.  Neurons are processed in
+  blocks of whole pixels (about :data:`BLOCK` neurons, potentials in L1): per step a
+  branch-free update over 1-D row views (LLVM vectorises it), then a compaction of the spike
+  flags into events (with the SOP sum) that skips groups of neurons without a spike.
 - Kernels never raise and do no bounds checks: callers validate shapes, dtypes and contiguity.
 """
 import numba
 import numpy as np
 
-from ._flags import PJIT
+from ._flags import JIT, PJIT
+
+
+#: neurons per block: whole pixels, about this many (a block's potentials stay in L1)
+BLOCK = 256
+#: spike flags are compacted into events by groups of this many neurons; a group without a
+#: spike is skipped after one vectorised sum (so silent neurons cost little)
+GROUP = 32
+
+
+@numba.njit(**JIT)
+def _tile(values, block):
+    """Per-channel values repeated over the neurons of one block (block % C == 0)."""
+    out = np.empty(block, values.dtype)
+    for j in range(block):
+        out[j] = values[j % values.shape[0]]
+    return out
 
 
 @numba.njit(**PJIT)
-def if_step(current, base, v, theta, reset_zero, ev_idx, ev_cnt, nev):
-    """One step of integrate-and-fire neurons (methods.md 2.1).
+def if_run(current, v0, theta, reset_zero, bounds, fanout, ev_idx, ev_cnt, nev, stats, v_final):
+    """T steps of integrate-and-fire neurons (methods.md 2.1).
 
-    ``h = v + current``; a neuron spikes (count 1) if ``h >= theta[c]``, then
-    ``v = h - theta[c]`` (reset by subtraction) or ``v = 0`` (``reset_zero``); otherwise ``v = h``.
+    Per step: ``h = v + x``; a neuron spikes (count 1) if ``h >= theta[c]``, then
+    ``v = h - theta[c]`` (reset by subtraction) or ``v = 0`` (``reset_zero``); else ``v = h``.
 
     Parameters
     ----------
-    current : ndarray, (B, N) float
-        Input of this step; overwritten with ``base``.
-    base : ndarray, (B, N) float
-        Constant per-step current (bias + analog input).
-    v : ndarray, (B, N) float
-        Membrane potential, updated in place.
+    current : ndarray, (B, T, N) float
+        Input of every step.
+    v0 : ndarray, (N,) float
+        Initial potential per neuron.
     theta : ndarray, (C,) float
         Threshold per channel.
     reset_zero : bool
         Hard reset (comparison only) instead of reset by subtraction.
-    ev_idx, ev_cnt : ndarray, (B, N) int32
-        Output events (neuron index, count), written.
-    nev : ndarray, (B,) int64
-        Number of output events per sample, written.
+    bounds : ndarray, (P + 1,) int64
+        Neuron range of each part.
+    fanout : ndarray, (N,) int64
+        Structural fan-out per neuron (for SOPs).
+    ev_idx : ndarray, (B, T, N) int32
+        Output events: neuron index.
+    ev_cnt : ndarray, (B, T, N) int8 or int32
+        Output events: count.
+    nev : ndarray, (B, T, P) int64
+        Number of events per part.
+    stats : ndarray, (B, T, P, 3) int64
+        Spikes, events, SOPs per part (written).
+    v_final : ndarray, (B, N) or (0, N) float
+        Receives v(T) if it has B rows.
     """
-    n_batch, n_neurons = v.shape
+    n_batch, n_steps, _ = current.shape
     n_channels = theta.shape[0]
-    n_pixels = n_neurons // n_channels
-    for b in numba.prange(n_batch):
-        # Two passes: a branch-free update over 1-D row views (vectorised by LLVM), then a
-        # compaction of the spike flags into the event list (measured 1.4-1.9x on the step).
-        flags = np.empty(n_neurons, np.uint8)
-        vb = v[b]
-        cb = current[b]
-        bb = base[b]
-        for p in range(n_pixels):
-            o = p * n_channels
-            vr = vb[o:o + n_channels]
-            cr = cb[o:o + n_channels]
-            br = bb[o:o + n_channels]
-            fr = flags[o:o + n_channels]
-            for c in range(n_channels):
-                h = vr[c] + cr[c]
-                cr[c] = br[c]
-                spike = h >= theta[c]
-                fr[c] = spike
-                if reset_zero:
-                    vr[c] = v.dtype.type(0) if spike else h
-                else:
-                    vr[c] = h - theta[c] if spike else h
-        n_events = 0
-        ib = ev_idx[b]
-        kb = ev_cnt[b]
-        for n in range(n_neurons):
-            if flags[n]:
-                ib[n_events] = n
-                kb[n_events] = 1
-                n_events += 1
-        nev[b] = n_events
+    n_parts = bounds.shape[0] - 1
+    write_v = v_final.shape[0] == n_batch
+    zero = current.dtype.type(0)
+    block = max(1, BLOCK // n_channels) * n_channels
+    for item in numba.prange(n_batch * n_parts):
+        b = item // n_parts
+        k = item % n_parts
+        start, stop = bounds[k], bounds[k + 1]
+        threshold = _tile(theta, block)
+        v = np.empty(block, current.dtype)
+        flags = np.empty(block, np.int64)
+        n_events = np.zeros(n_steps, np.uint64)
+        sops = np.zeros(n_steps, np.int64)
+        for o in range(start, stop, block):
+            size = min(block, stop - o)
+            vb, th, fl, fan = v[:size], threshold[:size], flags[:size], fanout[o:o + size]
+            vb[:] = v0[o:o + size]
+            for t in range(n_steps):
+                x = current[b, t, o:o + size]
+                for j in range(size):  # branch-free: vectorised
+                    h = vb[j] + x[j]
+                    spike = h >= th[j]
+                    fl[j] = spike
+                    if reset_zero:
+                        vb[j] = zero if spike else h
+                    else:
+                        vb[j] = h - th[j] if spike else h
+                # compaction, by groups of GROUP neurons (a group without a spike costs one
+                # vectorised sum): every neuron of a group writes its slot, only spikes advance
+                # the (unsigned, so no wraparound check) position
+                ib, kb = ev_idx[b, t, start:], ev_cnt[b, t, start:]
+                m = n_events[t]
+                for g in range(0, size, GROUP):
+                    fg, fa = fl[g:g + GROUP], fan[g:g + GROUP]
+                    if fg.sum() == 0:
+                        continue
+                    s = 0
+                    for j in range(fg.shape[0]):
+                        s += fg[j] * fa[j]
+                    sops[t] += s
+                    for j in range(fg.shape[0]):
+                        ib[m] = o + g + j
+                        kb[m] = 1
+                        m += numba.uint64(fg[j])
+                n_events[t] = m
+            if write_v:
+                v_final[b, o:o + size] = vb
+        for t in range(n_steps):
+            nev[b, t, k] = n_events[t]
+            stats[b, t, k, 0] = n_events[t]
+            stats[b, t, k, 1] = n_events[t]
+            stats[b, t, k, 2] = sops[t]
 
 
 @numba.njit(**PJIT)
-def gn_step(current, base, v, theta_unit, tau, ev_idx, ev_cnt, nev):
-    """One step of Group Neurons with ``tau`` members (methods.md 2.2).
+def gn_run(current, v0, theta_unit, tau, bounds, fanout, ev_idx, ev_cnt, nev, stats, v_final):
+    """T steps of Group Neurons with ``tau`` members (methods.md 2.2).
 
     Member ``i`` (1..tau) fires if ``h >= i*theta_unit[c]``; the output count is the number of
     members that fire, ``s = clip(floor(h/theta_unit), 0, tau)``, and ``v = h - s*theta_unit``.
@@ -91,109 +149,178 @@ def gn_step(current, base, v, theta_unit, tau, ev_idx, ev_cnt, nev):
     in the array dtype, so it equals the member count exactly (division rounding can make
     ``floor(h/theta_unit)`` off by one near member thresholds).
 
-    Parameters
-    ----------
-    current : ndarray, (B, N) float
-        Input of this step; overwritten with ``base``.
-    base : ndarray, (B, N) float
-        Constant per-step current (bias + analog input).
-    v : ndarray, (B, N) float
-        Shared membrane potential of each group, updated in place.
-    theta_unit : ndarray, (C,) float
-        ``theta / tau`` per channel (threshold of the first member), > 0.
-    tau : int
-        Number of members, >= 1.
-    ev_idx, ev_cnt : ndarray, (B, N) int32
-        Output events (neuron index, count in 1..tau), written.
-    nev : ndarray, (B,) int64
-        Number of output events per sample, written.
+    Parameters are those of :func:`if_run`, with ``theta_unit`` ``(C,)`` = θ/τ per channel
+    (> 0) and ``tau`` the number of members (>= 1); counts are in 1..tau.
     """
-    n_batch, n_neurons = v.shape
+    n_batch, n_steps, _ = current.shape
     n_channels = theta_unit.shape[0]
-    n_pixels = n_neurons // n_channels
-    for b in numba.prange(n_batch):
-        n_events = 0
-        n = 0
-        for _pixel in range(n_pixels):
-            for c in range(n_channels):
-                unit = theta_unit[c]
-                h = v[b, n] + current[b, n]
-                current[b, n] = base[b, n]
-                # Estimate; comparisons written so that nan / huge h never reach int().
-                ratio = np.floor(h / unit)
-                if ratio >= tau:
-                    s = tau
-                elif ratio > 0:
-                    s = int(ratio)
-                else:
-                    s = 0
-                # Exact member count: member thresholds are i*unit rounded in the array dtype.
-                while s < tau and h >= v.dtype.type(s + 1) * unit:
-                    s += 1
-                while s > 0 and h < v.dtype.type(s) * unit:
-                    s -= 1
-                if s > 0:
-                    v[b, n] = h - v.dtype.type(s) * unit
-                    ev_idx[b, n_events] = n
-                    ev_cnt[b, n_events] = s
-                    n_events += 1
-                else:
-                    v[b, n] = h
-                n += 1
-        nev[b] = n_events
+    n_parts = bounds.shape[0] - 1
+    write_v = v_final.shape[0] == n_batch
+    block = max(1, BLOCK // n_channels) * n_channels
+    for item in numba.prange(n_batch * n_parts):
+        b = item // n_parts
+        k = item % n_parts
+        start, stop = bounds[k], bounds[k + 1]
+        units = _tile(theta_unit, block)
+        v = np.empty(block, current.dtype)
+        counts = np.empty(block, np.int64)
+        n_events = np.zeros(n_steps, np.uint64)
+        spikes = np.zeros(n_steps, np.int64)
+        sops = np.zeros(n_steps, np.int64)
+        for o in range(start, stop, block):
+            size = min(block, stop - o)
+            vb, un, cn, fan = v[:size], units[:size], counts[:size], fanout[o:o + size]
+            vb[:] = v0[o:o + size]
+            for t in range(n_steps):
+                x = current[b, t, o:o + size]
+                for j in range(size):
+                    unit = un[j]
+                    h = vb[j] + x[j]
+                    # Estimate; comparisons written so that nan / huge h never reach int().
+                    ratio = np.floor(h / unit)
+                    if ratio >= tau:
+                        s = tau
+                    elif ratio > 0:
+                        s = int(ratio)
+                    else:
+                        s = 0
+                    # Exact member count: member thresholds are i*unit rounded in the array dtype.
+                    while s < tau and h >= current.dtype.type(s + 1) * unit:
+                        s += 1
+                    while s > 0 and h < current.dtype.type(s) * unit:
+                        s -= 1
+                    vb[j] = h - current.dtype.type(s) * unit if s > 0 else h
+                    cn[j] = s
+                ib, kb = ev_idx[b, t, start:], ev_cnt[b, t, start:]
+                m = n_events[t]
+                for g in range(0, size, GROUP):
+                    cg, fa = cn[g:g + GROUP], fan[g:g + GROUP]
+                    total = cg.sum()
+                    if total == 0:
+                        continue
+                    spikes[t] += total
+                    weighted = 0
+                    for j in range(cg.shape[0]):
+                        weighted += cg[j] * fa[j]
+                    sops[t] += weighted
+                    for j in range(cg.shape[0]):
+                        ib[m] = o + g + j
+                        kb[m] = cg[j]
+                        m += numba.uint64(cg[j] > 0)
+                n_events[t] = m
+            if write_v:
+                v_final[b, o:o + size] = vb
+        for t in range(n_steps):
+            nev[b, t, k] = n_events[t]
+            stats[b, t, k, 0] = spikes[t]
+            stats[b, t, k, 1] = n_events[t]
+            stats[b, t, k, 2] = sops[t]
 
 
 @numba.njit(**PJIT)
-def signed_if_step(current, base, v, net, theta, neg_threshold, ev_idx, ev_cnt, nev):
-    """One step of Fast-SNN signed IF neurons (methods.md 2.3).
+def signed_if_run(current, v0, theta, neg_threshold, bounds, fanout, ev_idx, ev_cnt, nev, stats, v_final):
+    """T steps of Fast-SNN signed IF neurons (methods.md 2.3), net spike count N(0) = 0.
 
-    ``h = v + current``; if ``h >= theta[c]``: ``h -= theta[c]``, ``net += 1``, event +1;
-    elif ``h <= neg_threshold and net > 0``: ``h += theta[c]``, ``net -= 1``, event -1;
-    then ``v = h``. At most one event per neuron and step; ``net`` never goes below 0.
+    Per step: ``h = v + x``; if ``h >= theta[c]``: ``h -= theta[c]``, ``N += 1``, event +1;
+    elif ``h <= neg_threshold and N > 0``: ``h += theta[c]``, ``N -= 1``, event -1;
+    then ``v = h``.  At most one event per neuron and step; ``N`` never goes below 0.
+
+    Parameters are those of :func:`if_run`, with ``neg_threshold`` the negative threshold
+    (-1e-3 in Fast-SNN), compared in the dtype of ``current``; counts are +1 or -1.
+    """
+    n_batch, n_steps, _ = current.shape
+    n_channels = theta.shape[0]
+    n_parts = bounds.shape[0] - 1
+    write_v = v_final.shape[0] == n_batch
+    # Round once to the array dtype, as a NumPy comparison with a Python float would.
+    negative_threshold = current.dtype.type(neg_threshold)
+    block = max(1, BLOCK // n_channels) * n_channels
+    for item in numba.prange(n_batch * n_parts):
+        b = item // n_parts
+        k = item % n_parts
+        start, stop = bounds[k], bounds[k + 1]
+        threshold = _tile(theta, block)
+        v = np.empty(block, current.dtype)
+        net = np.empty(block, np.int64)
+        sign = np.empty(block, np.int64)
+        n_events = np.zeros(n_steps, np.uint64)
+        sops = np.zeros(n_steps, np.int64)
+        for o in range(start, stop, block):
+            size = min(block, stop - o)
+            vb, th, nt, sg, fan = v[:size], threshold[:size], net[:size], sign[:size], fanout[o:o + size]
+            vb[:] = v0[o:o + size]
+            nt[:] = 0
+            for t in range(n_steps):
+                x = current[b, t, o:o + size]
+                for j in range(size):
+                    h = vb[j] + x[j]
+                    if h >= th[j]:
+                        h -= th[j]
+                        nt[j] += 1
+                        sg[j] = 1
+                    elif h <= negative_threshold and nt[j] > 0:
+                        h += th[j]
+                        nt[j] -= 1
+                        sg[j] = -1
+                    else:
+                        sg[j] = 0
+                    vb[j] = h
+                ib, kb = ev_idx[b, t, start:], ev_cnt[b, t, start:]
+                m = n_events[t]
+                for g in range(0, size, GROUP):
+                    sgg, fa = sg[g:g + GROUP], fan[g:g + GROUP]
+                    active = 0
+                    for j in range(sgg.shape[0]):
+                        active += sgg[j] != 0
+                    if active == 0:
+                        continue
+                    s = 0
+                    for j in range(sgg.shape[0]):
+                        s += (sgg[j] != 0) * fa[j]
+                    sops[t] += s
+                    for j in range(sgg.shape[0]):
+                        ib[m] = o + g + j
+                        kb[m] = sgg[j]
+                        m += numba.uint64(sgg[j] != 0)
+                n_events[t] = m
+            if write_v:
+                v_final[b, o:o + size] = vb
+        for t in range(n_steps):
+            nev[b, t, k] = n_events[t]
+            stats[b, t, k, 0] = n_events[t]
+            stats[b, t, k, 1] = n_events[t]
+            stats[b, t, k, 2] = sops[t]
+
+
+@numba.njit(**PJIT)
+def join_parts(ev_idx, ev_cnt, nev_parts, bounds, nev):
+    """Move the event segments of parts 1..P-1 down behind part 0, per (sample, step).
+
+    Segments only move towards lower addresses (a part holds at most as many events as
+    neurons before it), so the in-place copy in increasing order is safe.
 
     Parameters
     ----------
-    current : ndarray, (B, N) float
-        Input of this step; overwritten with ``base``.
-    base : ndarray, (B, N) float
-        Constant per-step current (bias + analog input).
-    v : ndarray, (B, N) float
-        Membrane potential, updated in place.
-    net : ndarray, (B, N) int32
-        Net number of spikes emitted so far, updated in place.
-    theta : ndarray, (C,) float
-        Threshold per channel.
-    neg_threshold : float
-        Negative threshold (-1e-3 in Fast-SNN); compared in the dtype of ``v``.
-    ev_idx, ev_cnt : ndarray, (B, N) int32
-        Output events (neuron index, count +1 or -1), written.
-    nev : ndarray, (B,) int64
-        Number of output events per sample, written.
+    ev_idx, ev_cnt : ndarray, (B, T, N)
+        Events as written by the neuron kernels, joined in place.
+    nev_parts : ndarray, (B, T, P) int64
+        Events per part.
+    bounds : ndarray, (P + 1,) int64
+        Neuron range of each part.
+    nev : ndarray, (B, T) int64
+        Receives the number of events per (sample, step).
     """
-    n_batch, n_neurons = v.shape
-    n_channels = theta.shape[0]
-    n_pixels = n_neurons // n_channels
-    # Round once to the array dtype, as a NumPy comparison with a Python float would.
-    negative_threshold = v.dtype.type(neg_threshold)
-    for b in numba.prange(n_batch):
-        n_events = 0
-        n = 0
-        for _pixel in range(n_pixels):
-            for c in range(n_channels):
-                h = v[b, n] + current[b, n]
-                current[b, n] = base[b, n]
-                if h >= theta[c]:
-                    h -= theta[c]
-                    net[b, n] += 1
-                    ev_idx[b, n_events] = n
-                    ev_cnt[b, n_events] = 1
-                    n_events += 1
-                elif h <= negative_threshold and net[b, n] > 0:
-                    h += theta[c]
-                    net[b, n] -= 1
-                    ev_idx[b, n_events] = n
-                    ev_cnt[b, n_events] = -1
-                    n_events += 1
-                v[b, n] = h
-                n += 1
-        nev[b] = n_events
+    n_batch, n_steps, n_parts = nev_parts.shape
+    for item in numba.prange(n_batch * n_steps):
+        b = item // n_steps
+        t = item % n_steps
+        ib = ev_idx[b, t]
+        kb = ev_cnt[b, t]
+        m = nev_parts[b, t, 0]
+        for k in range(1, n_parts):
+            src = bounds[k]
+            for e in range(nev_parts[b, t, k]):
+                ib[m + e] = ib[src + e]
+                kb[m + e] = kb[src + e]
+            m += nev_parts[b, t, k]
+        nev[b, t] = m
