@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """evsim vs a dense PyTorch + SpikingJelly 2.0 simulation of the same converted SNNs (issue 7).
 
-    python benchmarks/bench.py            # full run (~15-25 min on 2 cores)
-    python benchmarks/bench.py --quick    # T=4 only, fewer rounds (~2 min once thresholds are cached)
+    python benchmarks/bench.py                       # full run (~20-30 min on 2 cores)
+    python benchmarks/bench.py --quick               # T=4 only, fewer rounds (a few minutes)
+    python benchmarks/bench.py --json results.json   # also write every figure to a JSON file
 
 Needs the [bench] extra (torch==2.13.0) and ``pip install --no-deps spikingjelly==2.0.0 loguru``.
 
@@ -13,15 +14,16 @@ What it does
    are cached in ``benchmarks/.cache`` (``EVSIM_BENCH_CACHE``).
 2. Checks, in float64, that evsim and the dense SpikingJelly simulation emit identical spike
    counts in every layer at every step (and the same logits to ~1e-12).
-3. Times both in float32, each in its own worker process limited to the same 2 threads
-   (numba / torch), the two workers driven alternately so that load drift on a shared machine
-   hits both alike.  Prints images/s (median, min, max of >= 5 measurements), the ratio
-   evsim/SpikingJelly and peak memory (RSS; evsim also the exact NumPy peak via tracemalloc).
-4. Scaling run (full mode): VGG-16 driven to 1-30 % firing; time against SOPs, linear fit, R² and
-   the fixed per-batch overhead (intercept).
-5. Full mode also: evsim JIT cost (cold compile, cached first call, warm call), the conv scatter
-   kernel alone in GSOP/s per core, the time breakdown per kernel, and the prototype kernel
-   (``proto_scatter.py``).
+3. Times both in float32, each in its own worker process with the same 2 threads (Numba / torch,
+   and the OpenMP / BLAS thread variables of both), the two workers driven alternately so that
+   load drift on a shared machine hits both alike.  Prints images/s (median, min, max of >= 5
+   measurements), the ratio evsim/SpikingJelly, and memory: evsim's weights + persistent buffers
+   + transient peak of one ``run_batch`` against weights + state, and peak RSS of both workers.
+4. Scaling run: VGG-16 driven to 1-30 % firing; time against SOPs, linear fit, R² and the fixed
+   per-batch overhead (intercept) as a share of the time at 10 % firing.
+5. Full mode also: evsim JIT cost (cold compile, cached first call, warm call), the time
+   breakdown per phase and per layer from the engine's profiler (``Simulator.profile``), and the
+   scatter kernels alone in GSOP/s per core (``benchmarks/kernels.py``).
 """
 from __future__ import annotations
 
@@ -40,11 +42,23 @@ CACHE = os.environ.get("EVSIM_BENCH_CACHE", os.path.join(HERE, ".cache"))
 THREADS = 2
 N_CALIB = 16
 CALIB_SEED, DATA_SEED = 1, 2
+#: the engine profiler's phases, in the order of a population's work
+PHASES = ("preprocess", "input", "fill", "scatter conv", "scatter dense", "scatter csr", "neurons")
 
 
 # --------------------------------------------------------------------------- shared helpers
+def thread_vars(n: int) -> dict[str, str]:
+    """Environment that gives a process ``n`` threads whichever runtime it uses.
+
+    Both workers get the same variables, so neither engine gets a bigger pool from a library
+    neither of them controls directly (OpenMP under Numba's ``omp`` layer and torch, BLAS).
+    """
+    return {name: str(n) for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                      "MKL_NUM_THREADS")}
+
+
 def thresholds(net: str, T: int, rate: float) -> dict:
-    """Calibrated per-layer thresholds (cached as JSON)."""
+    """Calibrated per-layer thresholds of ``net`` for ``T`` steps and a firing ``rate`` (cached as JSON)."""
     os.makedirs(CACHE, exist_ok=True)
     ignore = os.path.join(CACHE, ".gitignore")
     if not os.path.exists(ignore):
@@ -62,13 +76,23 @@ def thresholds(net: str, T: int, rate: float) -> dict:
 
 
 def build(net: str, T: int, rate: float):
+    """The benchmark graph ``net`` with thresholds calibrated for ``T`` and ``rate``."""
     from nets import NETWORKS
     return NETWORKS[net](thresholds=thresholds(net, T, rate))
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def simulator(net: str, T: int, rate: float):
+    """A float32 evsim ``Simulator`` of the benchmark graph."""
+    import numpy as np
+    from evsim.compile import compile_network
+    from evsim.engine import Simulator
+    return Simulator(compile_network(build(net, T, rate)), np.float32)
+
+
+def inputs(batch: int):
+    """The first ``batch`` of the 64 timing images (the same images for every batch size)."""
+    from nets import random_inputs
+    return random_inputs(64, DATA_SEED)[:batch]
 
 
 def proc_status(key: str) -> int:
@@ -80,63 +104,71 @@ def proc_status(key: str) -> int:
     return 0
 
 
-def reset_hwm() -> bool:
+def reset_hwm():
+    """Reset VmHWM to the current RSS (Linux >= 4.0); silently a no-op where not permitted."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        return True
     except OSError:
-        return False
+        pass
 
 
 def emit(obj):
+    """Send one JSON message from a worker to the driver."""
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 
 
-def set_threads(n=THREADS):
-    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+def worker_command(kind: str, **opts) -> list[str]:
+    """Command line that runs this file as a ``kind`` worker with ``--key value`` options."""
+    return [sys.executable, os.path.abspath(__file__), "--worker", kind] + [
+        a for k, v in opts.items() for a in (f"--{k}", str(v))]
 
 
-# --------------------------------------------------------------------------- worker: one engine, one config
-def worker(args):
-    import numpy as np
-    from nets import random_inputs
-    rss_start = rss_bytes()
-    graph = build(args.net, args.T, args.rate)
-    x = random_inputs(64, DATA_SEED)[:args.batch]
+def run_worker(kind: str, threads: int = THREADS, env: dict | None = None, **opts):
+    """Run a one-shot worker process; return its last JSON message."""
+    out = subprocess.run(worker_command(kind, threads=threads, **opts), capture_output=True, text=True,
+                         env=dict(os.environ, **thread_vars(threads), **(env or {})))
+    if out.returncode:
+        raise RuntimeError(f"{kind} worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- throughput worker: one engine, one config
+def engine_worker(args):
+    """Serve timing and memory requests (JSON lines on stdin) for one engine and configuration."""
+    x = inputs(args.batch)
     T = args.T
     info = {}
     if args.worker == "evsim":
         import numba
-        from evsim.compile import compile_network
-        from evsim.engine import Simulator
         numba.set_num_threads(args.threads)
-        rss_import = rss_bytes()
-        sim = Simulator(compile_network(graph), np.float32)
-        weights = sum(a.nbytes for w in sim.weights.values() for a in w)
+        sim = simulator(args.net, T, args.rate)
         neurons = sum(p.size for p in sim.network.populations)
-        info.update(weights_bytes=weights, state_bytes=len(x) * neurons * 4 * 2, neurons=neurons,
-                    numba_threads=numba.get_num_threads(), threading_layer=None)
+        # per-neuron arrays the simulator holds besides the weights: v0 and threshold, the constant
+        # current of bias-only targets, the fan-out for SOP counts
+        per_neuron = ([a for p in sim.params.values() for a in (p.param, p.v0)] + list(sim.static_current.values())
+                      + list(sim.fanout.values()))
+        info.update(weights_bytes=sum(a.nbytes for w in sim.weights.values() for a in w),
+                    per_neuron_bytes=sum(a.nbytes for a in per_neuron), state_bytes=len(x) * neurons * 8,
+                    neurons=neurons, numba_threads=numba.get_num_threads())
 
         def run():
             return sim.run_batch(x, T)
     else:
         import torch
-        torch.set_num_threads(args.threads)
         from nets import DenseSNN
-        rss_import = rss_bytes()
-        dense = DenseSNN(graph, "float32")
-        weights = sum(p.numel() * p.element_size() for _, k, _, m in dense.plan if k == "layer"
-                      for p in m.parameters())
-        info.update(weights_bytes=weights, torch_threads=torch.get_num_threads())
+        torch.set_num_threads(args.threads)
+        dense = DenseSNN(build(args.net, T, args.rate), "float32")
+        info.update(weights_bytes=sum(p.numel() * p.element_size() for _, kind, _, m in dense.plan
+                                      if kind == "layer" for p in m.parameters()),
+                    torch_threads=torch.get_num_threads())
 
         def run():
             return dense.run(x, T)
-    rss_built = rss_bytes()
     t0 = time.perf_counter()
     out = run()
-    first = time.perf_counter() - t0
+    info["first_call_s"] = time.perf_counter() - t0
     if args.worker == "evsim":
         import numba
         info["threading_layer"] = numba.threading_layer()
@@ -144,164 +176,178 @@ def worker(args):
         info["sops_per_image"] = float(sum(s[:, 2].sum() for s in stats.values())) / len(x)
         info["rate"] = float(sum(s[:, 0].sum() for s in stats.values())) / (len(x) * T * info["neurons"])
     run()
-    emit(dict(ready=True, first_call_s=first, rss_start=rss_start, rss_import=rss_import, rss_built=rss_built,
-              **info))
+    emit(dict(ready=True, **info))
     for line in sys.stdin:
         cmd = json.loads(line)
-        if cmd["op"] == "run":  # noqa: SIM114
+        if cmd["op"] == "run":
             t0 = time.perf_counter()
             for _ in range(cmd["reps"]):
                 run()
             emit({"t": (time.perf_counter() - t0) / cmd["reps"]})
         elif cmd["op"] == "mem":
             reset_hwm()
-            rss0 = proc_status("VmRSS")
+            rss_before = proc_status("VmRSS")
             run()
-            res = {"peak": proc_status("VmHWM"), "rss_before_run": rss0, "rss_import": rss_import,
-                   "rss_built": rss_built, "rss_start": rss_start}
+            res = {"peak_rss": proc_status("VmHWM"), "rss_before_run": rss_before}
             if args.worker == "evsim":
                 import tracemalloc
+                # buffers already exist (warm): what tracemalloc sees is one run's transient arrays
                 tracemalloc.start()
-                tracemalloc.reset_peak()
                 run()
-                res["traced_peak"] = tracemalloc.get_traced_memory()[1]
+                res["transient_peak"] = tracemalloc.get_traced_memory()[1]
                 tracemalloc.stop()
+                res["buffers_bytes"] = sim.buffers.nbytes
             emit(res)
         else:
             break
 
 
-class Worker:
-    def __init__(self, engine, net, T, batch, rate, threads=THREADS, wait=True):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads),
-                   MKL_NUM_THREADS=str(threads))
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--net", net, "--T", str(T),
-               "--batch", str(batch), "--rate", str(rate), "--threads", str(threads)]
-        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  text=True, env=env)
-        self.info = self.read() if wait else None
+class EngineWorker:
+    """Driver side of :func:`engine_worker`; the worker's stderr is kept for error messages."""
+
+    def __init__(self, engine, net, T, batch, rate):
+        self.err = tempfile.TemporaryFile("w+")
+        self.p = subprocess.Popen(worker_command(engine, net=net, T=T, batch=batch, rate=rate, threads=THREADS),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True,
+                                  env=dict(os.environ, **thread_vars(THREADS)))
+        self.info = None
 
     def read(self):
+        """The worker's next JSON message."""
         line = self.p.stdout.readline()
         if not line:
-            raise RuntimeError("benchmark worker died")
+            self.err.seek(0)
+            raise RuntimeError("benchmark worker died:\n" + self.err.read()[-3000:])
         return json.loads(line)
 
     def ask(self, **cmd):
+        """Send one command; return the answer."""
         self.p.stdin.write(json.dumps(cmd) + "\n")
         self.p.stdin.flush()
         return self.read()
 
     def close(self):
+        """Ask the worker to quit and wait for it."""
         try:
             self.p.stdin.write(json.dumps({"op": "quit"}) + "\n")
             self.p.stdin.flush()
         except BrokenPipeError:
             pass
         self.p.wait(timeout=60)
+        self.err.close()
 
 
 def timed_pair(net, T, batch, rate, rounds, min_seconds):
-    """Alternate evsim and SpikingJelly measurements; returns per-engine stats."""
-    ws = {"evsim": Worker("evsim", net, T, batch, rate, wait=False), "sj": Worker("sj", net, T, batch, rate, wait=False)}
-    for w in ws.values():  # both start (import, build, warm up) concurrently
-        w.info = w.read()
+    """Time evsim and SpikingJelly alternately on one configuration.
+
+    Returns
+    -------
+    dict engine -> {info, mem, times (s per batch), reps, median, ips, ips_min, ips_max}
+    """
+    ws = {"evsim": EngineWorker("evsim", net, T, batch, rate), "sj": EngineWorker("sj", net, T, batch, rate)}
     try:
-        # measurements of >= min_seconds: repeat small batches inside one measurement
-        reps = {}
-        for k, w in ws.items():
-            t = w.ask(op="run", reps=1)["t"]
-            reps[k] = max(1, int(min_seconds / max(t, 1e-6)))
+        for w in ws.values():  # both start (import, build, warm up) concurrently, before any timing
+            w.info = w.read()
+        # each measurement lasts >= min_seconds: small batches are repeated inside one
+        reps = {k: max(1, int(min_seconds / max(w.ask(op="run", reps=1)["t"], 1e-6))) for k, w in ws.items()}
         times = {k: [] for k in ws}
         for r in range(rounds):
-            order = list(ws) if r % 2 == 0 else list(ws)[::-1]
-            for k in order:
+            for k in (list(ws) if r % 2 == 0 else list(ws)[::-1]):
                 times[k].append(ws[k].ask(op="run", reps=reps[k])["t"])
         mem = {k: w.ask(op="mem") for k, w in ws.items()}
     finally:
         for w in ws.values():
             w.close()
-    out = {}
-    for k, w in ws.items():
-        ts = times[k]
-        out[k] = dict(info=w.info, mem=mem[k], times=ts, reps=reps[k], median=statistics.median(ts),
-                      ips=batch / statistics.median(ts), ips_min=batch / max(ts), ips_max=batch / min(ts))
-    return out
+    return {k: dict(info=ws[k].info, mem=mem[k], times=ts, reps=reps[k], median=statistics.median(ts),
+                    ips=batch / statistics.median(ts), ips_min=batch / max(ts), ips_max=batch / min(ts))
+            for k, ts in times.items()}
 
 
 # --------------------------------------------------------------------------- float64 spike check
 def check_spikes(net, T, rate, n):
+    """Compare float64 evsim and dense SpikingJelly on ``n`` images.
+
+    Returns
+    -------
+    (layers with identical spike counts at every step, layers, max |Δ logits|, total spikes)
+    """
     import numpy as np
     from evsim.compile import compile_network
     from evsim.engine import Simulator
-    from nets import DenseSNN, neuron_names, random_inputs
+    from nets import DenseSNN, neuron_names
     graph = build(net, T, rate)
-    x = random_inputs(64, DATA_SEED)[:n]
+    x = inputs(n)
     _, stats, logits = Simulator(compile_network(graph), np.float64).run_batch(x, T)
     out, spikes = DenseSNN(graph, "float64").run(x, T, record=True)
     names = neuron_names(graph)
     same = [np.array_equal(stats[k][:, 0], spikes[k].astype(np.int64)) for k in names]
-    diff = float(np.abs(out - logits).max())
-    return sum(same), len(names), diff, int(sum(stats[k][:, 0].sum() for k in names))
+    return sum(same), len(names), float(np.abs(out - logits).max()), int(sum(stats[k][:, 0].sum() for k in names))
 
 
-# --------------------------------------------------------------------------- scaling worker
+# --------------------------------------------------------------------------- scaling
 def scaling_worker(args):
-    import numpy as np
+    """Time one network at several firing rates (rounds interleaved over the rates)."""
     import numba
-    from evsim.compile import compile_network
-    from evsim.engine import Simulator
-    from nets import random_inputs
     numba.set_num_threads(args.threads)
     rates = [float(r) for r in args.rates.split(",")]
-    x = random_inputs(64, DATA_SEED)[:args.batch]
-    sims = {r: Simulator(compile_network(build(args.net, args.T, r)), np.float32) for r in rates}
-    sops, fired = {}, {}
-    for r, sim in sims.items():
+    x = inputs(args.batch)
+    sims = [simulator(args.net, args.T, r) for r in rates]
+    sops, fired = [], []
+    for sim in sims:
         _, stats, _ = sim.run_batch(x, args.T)
-        sops[r] = float(sum(s[:, 2].sum() for s in stats.values()))
+        sops.append(float(sum(s[:, 2].sum() for s in stats.values())))
         n = sum(p.size for p in sim.network.populations)
-        fired[r] = float(sum(s[:, 0].sum() for s in stats.values())) / (len(x) * args.T * n)
-    times = {r: [] for r in rates}
+        fired.append(float(sum(s[:, 0].sum() for s in stats.values())) / (len(x) * args.T * n))
+    times = [[] for _ in rates]
     for _ in range(args.rounds):
-        for r, sim in sims.items():
+        for ts, sim in zip(times, sims):
             t0 = time.perf_counter()
             sim.run_batch(x, args.T)
-            times[r].append(time.perf_counter() - t0)
+            ts.append(time.perf_counter() - t0)
     emit({"rates": rates, "sops": sops, "fired": fired, "times": times})
 
 
-def run_scaling(net, T, batch, rates, rounds):
-    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), NUMBA_NUM_THREADS=str(THREADS))
-    for r in rates:
-        thresholds(net, T, r)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "scaling", "--net", net, "--T", str(T),
-           "--batch", str(batch), "--rates", ",".join(map(str, rates)), "--rounds", str(rounds)]
-    res = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-    return res
-
-
 def linear_fit(xs, ys):
+    """Least-squares ``y = a + b x``; returns (a, b, R²)."""
     import numpy as np
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
     b, a = np.polyfit(xs, ys, 1)
-    pred = a + b * xs
-    r2 = 1 - ((ys - pred) ** 2).sum() / ((ys - ys.mean()) ** 2).sum()
-    return a, b, r2
+    r2 = 1 - ((ys - a - b * xs) ** 2).sum() / ((ys - ys.mean()) ** 2).sum()
+    return float(a), float(b), float(r2)
+
+
+def scaling(net, T, batch, rates, rounds):
+    """Run the scaling worker and fit time against SOPs (medians of ``rounds``)."""
+    for r in rates:  # calibrate here, not inside the timed worker
+        thresholds(net, T, r)
+    sc = run_worker("scaling", net=net, T=T, batch=batch, rates=",".join(map(str, rates)), rounds=rounds)
+    times = [statistics.median(ts) for ts in sc["times"]]
+    a, slope, r2 = linear_fit(sc["sops"], times)
+    t10 = a + slope * sc["sops"][rates.index(0.1)] if 0.1 in rates else float("nan")
+    return dict(batch=batch, rates=rates, fired=sc["fired"], sops=sc["sops"], times=times, all_times=sc["times"],
+                intercept_s=a, gsops=1 / slope / 1e9, r2=r2, overhead_at_10=a / t10)
+
+
+def print_scaling(sc):
+    """Table of the scaling run: measured and fitted time per firing rate, then the fit."""
+    print(f"{'target':>6s} {'fired':>6s} {'GSOP/batch':>10s} {'time s':>8s} {'fit s':>8s} {'GSOP/s':>7s}")
+    for r, f, s, t in zip(sc["rates"], sc["fired"], sc["sops"], sc["times"]):
+        fit = sc["intercept_s"] + s / (sc["gsops"] * 1e9)
+        print(f"{100 * r:5.0f}% {100 * f:5.1f}% {s / 1e9:10.3f} {t:8.3f} {fit:8.3f} {s / t / 1e9:7.2f}")
+    print(f"fit: time = {sc['intercept_s'] * 1e3:.1f} ms + SOPs / {sc['gsops']:.2f} GSOP/s;  R² = {sc['r2']:.4f};  "
+          f"fixed overhead = {100 * sc['overhead_at_10']:.1f} % of the time at 10 % firing")
 
 
 # --------------------------------------------------------------------------- JIT cost
 def jit_worker(args):
-    import numpy as np
+    """Time importing evsim, the first (compiling or cache-loading) and warm ``run_batch``."""
     import numba
     t0 = time.perf_counter()
-    from evsim.compile import compile_network
-    from evsim.engine import Simulator
-    from nets import random_inputs
+    import evsim.engine  # noqa: F401
     t_import = time.perf_counter() - t0
     numba.set_num_threads(args.threads)
-    sim = Simulator(compile_network(build(args.net, args.T, args.rate)), np.float32)
-    x = random_inputs(64, DATA_SEED)[:args.batch]
+    sim = simulator(args.net, args.T, args.rate)
+    x = inputs(args.batch)
     t0 = time.perf_counter()
     sim.run_batch(x, args.T)
     first = time.perf_counter() - t0
@@ -313,83 +359,159 @@ def jit_worker(args):
     emit({"import_s": t_import, "first_s": first, "warm_s": statistics.median(warm)})
 
 
-def run_jit(net, T, batch, rate):
+def jit_cost(net, T, batch, rate):
+    """(cold, cached): two processes sharing one fresh ``NUMBA_CACHE_DIR``."""
     with tempfile.TemporaryDirectory() as d:
-        env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), NUMBA_NUM_THREADS=str(THREADS), NUMBA_CACHE_DIR=d)
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "jit", "--net", net, "--T", str(T),
-               "--batch", str(batch), "--rate", str(rate)]
-        cold = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)
-        cached = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)
-    return cold, cached
+        return tuple(run_worker("jit", env={"NUMBA_CACHE_DIR": d}, net=net, T=T, batch=batch, rate=rate)
+                     for _ in range(2))
 
 
-# --------------------------------------------------------------------------- kernel + breakdown worker
-def probe_worker(args):
-    import numpy as np
+# --------------------------------------------------------------------------- time breakdown
+def breakdown_worker(args):
+    """Profile ``run_batch`` of both networks at batch 1 and 64; emit, per config, the profile of the
+    run with the median total time (so that its phases add up to that total)."""
     import numba
-    from evsim.compile import compile_network
-    from evsim.engine import Simulator
-    from nets import random_inputs
-    import probe
-    import proto_scatter
     numba.set_num_threads(args.threads)
     res = {}
-    x = random_inputs(64, DATA_SEED)
     for net in ("vgg16", "resnet20"):
-        sim = Simulator(compile_network(build(net, args.T, args.rate)), np.float32)
+        sim = simulator(net, args.T, args.rate)
         for b in (1, 64):
-            tot, cats, scat, neur = probe.breakdown(sim, x[:b], args.T, runs=3)
-            res[f"{net}/b{b}"] = {"total": tot, "cats": cats, "scatter_layers": scat, "neuron_layers": neur}
-            res[f"{net}/b{b}/whatif"] = proto_scatter.whatif(sim, x[:b], args.T, rounds=5)
-        if net == "vgg16":
-            captured = probe.capture_conv_events(sim, x, args.T, step=2)
-            res["kernel"] = proto_scatter.compare(captured, threads=1)
-            res["cycle"] = probe.cycle_check(sim, x, args.T)
-    import proto_neuron
-    res["neuron"] = proto_neuron.compare(proto_neuron.SHAPES, batch=64, threads=1)
+            x = inputs(b)
+            sim.run_batch(x, args.T)  # compile, allocate the buffers
+            runs = []
+            for _ in range(args.rounds):
+                sim.profile = {}
+                t0 = time.perf_counter()
+                sim.run_batch(x, args.T)
+                runs.append((time.perf_counter() - t0, sim.profile))
+            sim.profile = None
+            total, profile = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+            res[f"{net}/b{b}"] = {"total": total, "profile": [[s, p, t] for (s, p), t in profile.items()]}
     emit(res)
 
 
-def run_probe(T, rate):
-    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), NUMBA_NUM_THREADS=str(THREADS))
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "probe", "--T", str(T), "--rate", str(rate)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.splitlines()[-1])
+def ordered(names, order):
+    """``names`` in the order of ``order``, names it does not list last (a phase added to the engine
+    still shows up)."""
+    return [n for n in order if n in names] + sorted(set(names) - set(order))
+
+
+def print_breakdown(bd):
+    """Per-phase shares of every config, then ms per layer and phase per network."""
+    phases = ordered({phase for r in bd.values() for _, phase, _ in r["profile"]}, PHASES)
+    print(f"{'config':13s} {'total ms':>9s} | " + " ".join(f"{p:>13s}" for p in phases) + f" | {'other':>6s}")
+    for key, r in bd.items():
+        per = dict.fromkeys(phases, 0.0)
+        for _, phase, t in r["profile"]:
+            per[phase] += t
+        print(f"{key:13s} {r['total'] * 1e3:9.1f} | " + " ".join(f"{100 * per[p] / r['total']:12.1f}%" for p in phases)
+              + f" | {100 * (r['total'] - sum(per.values())) / r['total']:5.1f}%")
+    print("preprocess = input preprocessing; input = constant current of the targets of the analog input;"
+          " fill = pre-loading\nthe currents of all steps with it; other = untimed: Python dispatch, small"
+          " per-batch arrays, stats, output.")
+
+    def column(phase):  # per layer: preprocessing under "input", all scatter kinds together
+        return "input" if phase == "preprocess" else phase.split()[0]
+
+    cols = ordered({column(phase) for r in bd.values() for _, phase, _ in r["profile"]},
+                   ("input", "fill", "scatter", "neurons"))
+    for net in ("vgg16", "resnet20"):
+        keys = [k for k in bd if k.startswith(net + "/")]
+        tables = {}
+        for k in keys:
+            per_layer = tables[k] = {}
+            for stage, phase, t in bd[k]["profile"]:
+                row = per_layer.setdefault(stage, dict.fromkeys(cols, 0.0))
+                row[column(phase)] += t
+        head = " | ".join(f"batch {k.split('/b')[1]:<3s}{'total':>6s} " + " ".join(f"{c:>7s}" for c in cols)
+                          for k in keys)
+        print(f"\n{net}: ms per layer and phase\n{'layer':>16s} | {head}")
+        for layer in tables[keys[0]]:
+            cells = []
+            for k in keys:
+                row = tables[k].get(layer, dict.fromkeys(cols, 0.0))
+                cells.append(f"{'':9s}{sum(row.values()) * 1e3:6.2f} " + " ".join(f"{row[c] * 1e3:7.2f}" for c in cols))
+            print(f"{layer:>16s} | " + " | ".join(cells))
+    print("layer 'input': preprocessing; scatter: all incoming spike projections of the layer.")
+
+
+# --------------------------------------------------------------------------- scatter kernels alone
+def kernels_worker(args):
+    """The scatter kernels alone (``benchmarks/kernels.py``) in a process of its own."""
+    import kernels
+    emit(kernels.measure(args.net, args.T, args.rate, args.batch, args.threads))
 
 
 # --------------------------------------------------------------------------- report
 def machine():
+    """CPU, SIMD flags, library versions and load average."""
     info = {}
     try:
         lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-        kv = dict(l.split(":", 1) for l in lines if ":" in l)
+        kv = dict(line.split(":", 1) for line in lines if ":" in line)
         info["cpu"] = kv.get("Model name", "?").strip()
         info["cpus"] = kv.get("CPU(s)", "?").strip()
         flags = kv.get("Flags", "").split()
         info["simd"] = " ".join(f for f in flags if f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl"))
     except OSError:
         pass
-    import numpy
+    from importlib.metadata import version
     import numba
+    import numpy
     info["versions"] = f"python {sys.version.split()[0]}, numpy {numpy.__version__}, numba {numba.__version__}"
     try:
-        import torch
-        import spikingjelly  # noqa: F401
-        from importlib.metadata import version
-        info["versions"] += f", torch {torch.__version__}, spikingjelly {version('spikingjelly')}"
-    except Exception:  # noqa: BLE001
+        info["versions"] += f", torch {version('torch')}, spikingjelly {version('spikingjelly')}"
+    except Exception:  # noqa: BLE001 - the report still runs up to the SJ import error
         pass
     info["load"] = "%.2f %.2f %.2f" % os.getloadavg()
     return info
 
 
 def mb(n):
+    """Bytes to MiB."""
     return n / 2**20
 
 
+def memory_row(ev, sj):
+    """Memory of one config in bytes: evsim's parts and their ratio to the yardstick, RSS of both workers."""
+    wi, wm = ev["info"], ev["mem"]
+
+    def run_rss(mem):  # the kernel updates VmHWM lazily: it can lag a VmRSS read just before the run
+        return max(0, mem["peak_rss"] - mem["rss_before_run"])
+
+    evsim = wi["weights_bytes"] + wm["buffers_bytes"] + wm["transient_peak"]
+    yardstick = wi["weights_bytes"] + wi["state_bytes"]
+    return dict(weights=wi["weights_bytes"], state=wi["state_bytes"], buffers=wm["buffers_bytes"],
+                transient=wm["transient_peak"], evsim=evsim, yardstick=yardstick, ratio=evsim / yardstick,
+                per_neuron=wi["per_neuron_bytes"], ratio_all=(evsim + wi["per_neuron_bytes"]) / yardstick,
+                peak_rss_evsim=wm["peak_rss"], peak_rss_sj=sj["mem"]["peak_rss"],
+                run_rss_evsim=run_rss(wm), run_rss_sj=run_rss(sj["mem"]))
+
+
+def print_memory(rows):
+    """evsim's memory against weights + state, and peak RSS of both workers, per config."""
+    hdr = (f"{'network':9s} {'T':>2s} {'batch':>5s} | {'weights':>7s} {'state':>7s} {'w+s':>7s} | {'buffers':>7s} "
+           f"{'transient':>9s} {'evsim':>7s} {'/(w+s)':>6s} | {'per-neuron':>10s} {'/(w+s)':>6s} | "
+           f"{'peak RSS ev':>11s} {'SJ':>5s} | {'run RSS ev':>10s} {'SJ':>5s}")
+    print(hdr)
+    print("-" * len(hdr))
+    for row in rows:
+        m = row["memory"]
+        print(f"{row['net']:9s} {row['T']:2d} {row['batch']:5d} | {mb(m['weights']):7.1f} {mb(m['state']):7.1f} "
+              f"{mb(m['yardstick']):7.1f} | {mb(m['buffers']):7.1f} {mb(m['transient']):9.1f} {mb(m['evsim']):7.1f} "
+              f"{m['ratio']:6.2f} | {mb(m['per_neuron']):10.1f} {m['ratio_all']:6.2f} | "
+              f"{mb(m['peak_rss_evsim']):11.0f} {mb(m['peak_rss_sj']):5.0f} | {mb(m['run_rss_evsim']):10.0f} "
+              f"{mb(m['run_rss_sj']):5.0f}")
+    print("weights: evsim's kernel weights (incl. the analog-input projections).  state: batch x neurons x 8 B,\n"
+          "  v and current per neuron in float32, what a step-by-step simulator must hold.  w+s: the yardstick.\n"
+          "evsim = weights + buffers (persistent, sim.buffers) + transient (tracemalloc peak of one warm run_batch).\n"
+          "per-neuron: v0, thresholds, bias-only constant currents and fan-outs the simulator also holds; the\n"
+          "  second /(w+s) counts them too.  peak RSS: VmHWM of the worker during one run (Python + numba or\n"
+          "  torch + model); run RSS: its growth during that run.")
+
+
 def main(argv=None):
+    """Drive the benchmark (or, with the hidden ``--worker``, be one of its worker processes)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="T=4 only, fewer rounds, short scaling run")
     ap.add_argument("--rate", type=float, default=0.10, help="target firing rate per neuron per step")
@@ -403,25 +525,22 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=THREADS, help=argparse.SUPPRESS)
     ap.add_argument("--rates", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker in ("evsim", "sj"):
-        return worker(args)
-    if args.worker == "scaling":
-        return scaling_worker(args)
-    if args.worker == "jit":
-        return jit_worker(args)
-    if args.worker == "probe":
-        return probe_worker(args)
+    workers = {"evsim": engine_worker, "sj": engine_worker, "scaling": scaling_worker, "jit": jit_worker,
+               "breakdown": breakdown_worker, "kernels": kernels_worker}
+    if args.worker:
+        return workers[args.worker](args)
 
+    # this process (float64 check) and every worker inherit the same thread limits
+    os.environ.update(thread_vars(THREADS))
     quick = args.quick
-    rounds = args.rounds or 5 if quick else args.rounds or 7
-    rounds = max(rounds, 5)
+    rounds = max(5, args.rounds or (5 if quick else 7))
     nets = args.nets.split(",")
     Ts = (4,) if quick else (4, 8)
     batches = (1, 64)
-    results = {"machine": machine(), "quick": quick, "rate": args.rate}
+    results = {"machine": machine(), "quick": quick, "rate": args.rate, "threads": THREADS}
     m = results["machine"]
     print(f"machine: {m.get('cpu')} ({m.get('cpus')} CPUs, {m.get('simd')}); {m['versions']}")
-    print(f"threads: {THREADS} (numba / torch); load average at start: {m['load']}")
+    print(f"threads: {THREADS} per worker (numba / torch, OMP/OpenBLAS/MKL); load average at start: {m['load']}")
     t_start = time.perf_counter()
 
     # 1. calibration (cached) and float64 spike check
@@ -438,10 +557,10 @@ def main(argv=None):
             if ok != n:
                 print("  WARNING: spike counts differ; the timed simulations are not the same computation")
 
-    # 2. throughput
-    print("\n== throughput, float32, images/s: median [min, max] of %d measurements ==" % rounds)
-    hdr = (f"{'network':9s} {'T':>2s} {'batch':>5s} | {'evsim img/s':>24s} | {'SpikingJelly img/s':>24s} | "
-           f"{'ratio':>5s} | {'rate':>5s} {'MSOP/img':>8s} | {'peak RSS MB ev/SJ':>17s} | {'ev mem/(w+s)':>12s}")
+    # 2. throughput and memory
+    print(f"\n== throughput, float32, images/s: median [min, max] of {rounds} measurements ==")
+    hdr = (f"{'network':9s} {'T':>2s} {'batch':>5s} | {'evsim':>24s} | {'SpikingJelly':>24s} | {'ev/SJ':>5s} | "
+           f"{'firing':>6s} {'MSOP/img':>8s}")
     print(hdr)
     print("-" * len(hdr))
     results["throughput"] = []
@@ -450,108 +569,52 @@ def main(argv=None):
             for b in batches:
                 r = timed_pair(net, T, b, args.rate, rounds, 0.2 if quick else 0.5)
                 ev, sj = r["evsim"], r["sj"]
-                ratio = ev["ips"] / sj["ips"]
-                wi = ev["info"]
-                ws_bytes = wi["weights_bytes"] + wi["state_bytes"]
-                traced_ratio = (wi["weights_bytes"] + ev["mem"]["traced_peak"]) / ws_bytes
-                rss_ratio = (ev["mem"]["peak"] - ev["mem"]["rss_import"]) / ws_bytes
-                row = dict(net=net, T=T, batch=b, evsim=ev, sj=sj, ratio=ratio, mem_ratio_numpy=traced_ratio,
-                           mem_ratio_rss=rss_ratio)
+                row = dict(net=net, T=T, batch=b, evsim=ev, sj=sj, ratio=ev["ips"] / sj["ips"],
+                           memory=memory_row(ev, sj))
                 results["throughput"].append(row)
-                print(f"{net:9s} {T:2d} {b:5d} | {ev['ips']:8.1f} [{ev['ips_min']:6.1f},{ev['ips_max']:7.1f}] | "
-                      f"{sj['ips']:8.1f} [{sj['ips_min']:6.1f},{sj['ips_max']:7.1f}] | {ratio:5.2f} | "
-                      f"{100 * wi['rate']:4.1f}% {wi['sops_per_image'] / 1e6:8.1f} | "
-                      f"{mb(ev['mem']['peak']):7.0f}/{mb(sj['mem']['peak']):<7.0f}   | {traced_ratio:5.2f}/{rss_ratio:<5.2f}")
-    print("ratio = evsim / SpikingJelly images/s (both 2 threads, measurements interleaved).")
-    print("peak RSS = VmHWM of the worker process during one run (python + numba or torch + model).")
-    print("ev mem/(w+s) = evsim memory / (weights + v and current per neuron, float32): NumPy = weights + "
-          "tracemalloc peak of one run_batch; RSS = peak RSS - RSS after imports")
-    for row in results["throughput"]:
-        ev, sj = row["evsim"], row["sj"]
-        if row["batch"] == 64:
-            print(f"  {row['net']} T={row['T']} b=64: evsim weights {mb(ev['info']['weights_bytes']):.1f} MB, "
-                  f"state {mb(ev['info']['state_bytes']):.1f} MB, run_batch NumPy peak "
-                  f"{mb(ev['mem']['traced_peak']):.1f} MB; RSS during a run above idle: evsim "
-                  f"{mb(ev['mem']['peak'] - ev['mem']['rss_before_run']):.0f} MB, SJ "
-                  f"{mb(sj['mem']['peak'] - sj['mem']['rss_before_run']):.0f} MB")
+                print(f"{net:9s} {T:2d} {b:5d} | {ev['ips']:8.1f} [{ev['ips_min']:6.1f}, {ev['ips_max']:6.1f}] | "
+                      f"{sj['ips']:8.1f} [{sj['ips_min']:6.1f}, {sj['ips_max']:6.1f}] | {row['ratio']:5.2f} | "
+                      f"{100 * ev['info']['rate']:5.1f}% {ev['info']['sops_per_image'] / 1e6:8.1f}")
+    print(f"ev/SJ = evsim / SpikingJelly images/s; both {THREADS} threads, measurements interleaved.")
+
+    print("\n== memory, float32, MB ==")
+    print_memory(results["throughput"])
 
     # 3. scaling
-    srates = (0.01, 0.1, 0.3) if quick else (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
+    srates = [0.01, 0.1, 0.3] if quick else [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3]
     sbatch = 4 if quick else 16
     print(f"\n== scaling: evsim VGG-16, T=4, batch {sbatch}, firing rate 1-30 % ==")
-    sc = run_scaling("vgg16", 4, sbatch, srates, 3 if quick else 5)
-    med = {float(r): statistics.median(sc["times"][str(r)] if str(r) in sc["times"] else sc["times"][r])
-           for r in sc["rates"]}
-    xs = [sc["sops"][str(r)] if str(r) in sc["sops"] else sc["sops"][r] for r in sc["rates"]]
-    fired = [sc["fired"][str(r)] if str(r) in sc["fired"] else sc["fired"][r] for r in sc["rates"]]
-    ys = [med[float(r)] for r in sc["rates"]]
-    a, slope, r2 = linear_fit(xs, ys)
-    print(f"{'target':>6s} {'fired':>6s} {'GSOP/batch':>10s} {'time s':>8s} {'fit s':>8s} {'GSOP/s':>7s}")
-    for r, f, s, t in zip(sc["rates"], fired, xs, ys):
-        print(f"{100 * r:5.0f}% {100 * f:5.1f}% {s / 1e9:10.3f} {t:8.3f} {a + slope * s:8.3f} {s / t / 1e9:7.2f}")
-    t10 = a + slope * xs[sc["rates"].index(0.1)] if 0.1 in sc["rates"] else float("nan")
-    print(f"fit: time = {a * 1e3:.1f} ms + SOPs / {1 / slope / 1e9:.2f} GSOP/s;  R² = {r2:.4f};  "
-          f"fixed overhead = {100 * a / t10:.1f} % of the time at 10 % firing")
-    results["scaling"] = dict(batch=sbatch, rates=sc["rates"], fired=fired, sops=xs, times=ys, all=sc["times"],
-                              intercept_s=a, gsops=1 / slope / 1e9, r2=r2, overhead_at_10=a / t10)
+    results["scaling"] = scaling("vgg16", 4, sbatch, srates, 3 if quick else 5)
+    print_scaling(results["scaling"])
 
     if not quick:
         # 4. JIT
         print("\n== evsim JIT cost (VGG-16, T=4, batch 1, fresh NUMBA_CACHE_DIR) ==")
-        cold, cached = run_jit("vgg16", 4, 1, args.rate)
+        cold, cached = jit_cost("vgg16", 4, 1, args.rate)
         print(f"cold process: import {cold['import_s']:.2f}s, first run_batch {cold['first_s']:.2f}s (compiles), "
               f"warm {cold['warm_s']:.3f}s")
         print(f"second process, cache filled: import {cached['import_s']:.2f}s, first run_batch "
               f"{cached['first_s']:.2f}s (loads the cache), warm {cached['warm_s']:.3f}s")
         results["jit"] = dict(cold=cold, cached=cached)
 
-        # 5. kernel + breakdown
-        print("\n== evsim time breakdown (T=4, 2 threads; median of 3 profiled runs) ==")
-        pr = run_probe(4, args.rate)
-        results["probe"] = pr
-        for key in ("vgg16/b1", "vgg16/b64", "resnet20/b1", "resnet20/b64"):
-            p = pr[key]
-            tot = p["total"]
-            parts = sorted(p["cats"].items(), key=lambda kv: -kv[1])
-            rest = tot - sum(p["cats"].values())
-            print(f"{key:13s} {tot * 1e3:8.1f} ms: " + ", ".join(f"{k} {100 * v / tot:.0f}%" for k, v in parts)
-                  + f", python/alloc {100 * rest / tot:.0f}%")
-        p = pr["vgg16/b64"]
-        print("VGG-16 batch 64, scatter time per target layer (ms): " +
-              ", ".join(f"{k} {v * 1e3:.0f}" for k, v in p["scatter_layers"].items()))
-        print("\n== what-if: evsim run_batch with prototype conv scatter kernels (images/s, median of 5) ==")
-        for key in ("vgg16/b1", "vgg16/b64", "resnet20/b1", "resnet20/b64"):
-            w = pr[key + "/whatif"]
-            b = int(key.split("/b")[1])
-            print(f"{key:13s} " + ", ".join(f"{v} {b / t:.1f}" for v, t in w.items()))
-        k = pr["kernel"]
-        print("\n== conv scatter kernel alone, VGG-16 events of step 3 at 10 % firing, batch 64, 1 thread ==")
-        print("GSOP/s: evsim = current kernel; slices = + 1-D row views (vectorised); rows = + re-laid weights;"
-              " grouped = rows + events grouped by pixel")
-        print(f"{'layer':>6s} {'events':>9s} {'MSOP':>8s} | {'evsim':>6s} {'slices':>6s} {'rows':>6s} {'grouped':>7s}")
-        for row in k["layers"]:
-            print(f"{row['target']:>6s} {row['events']:9d} {row['sops'] / 1e6:8.1f} | {row['gsops_evsim']:6.2f} "
-                  f"{row['gsops_slices']:6.2f} {row['gsops_rows']:6.2f} {row['gsops_proto']:7.2f}")
-        print(f"{'all':>6s} {k['events']:9d} {k['sops'] / 1e6:8.1f} | {k['gsops_evsim']:6.2f} "
-              f"{k['gsops_slices']:6.2f} {k['gsops_rows']:6.2f} {k['gsops_proto']:7.2f}   bit-identical currents: "
-              f"{k['bitwise_equal']}")
-        print("\n== IF neuron step alone, batch 64, ~10 % firing, 1 thread: G neuron-updates/s ==")
-        for row in pr["neuron"]:
-            print(f"{row['layer']:>12s}: evsim {row['gups_evsim']:5.2f}, vectorised prototype {row['gups_proto']:5.2f} "
-                  f"({row['t_evsim'] / row['t_proto']:.2f}x, identical: {row['identical']})")
-        c = pr["cycle"]
-        print("\n== memory: does run_batch free its per-batch arrays on return? (tracemalloc, VGG-16 batch 64) ==")
-        print(f"NumPy memory still allocated after run_batch returned: {mb(c['held']):.0f} MB; gc.collect() "
-              f"collects {c['collected']} objects, leaving {mb(c['after_gc']):.0f} MB  (the closure 'emit' in "
-              f"run_batch refers to itself: a reference cycle that keeps every _PopState array alive until the "
-              f"cyclic GC runs)")
+        # 5. breakdown
+        print(f"\n== evsim time breakdown, share of run_batch per phase (T=4, {THREADS} threads; the median of 3 "
+              "profiled runs) ==")
+        results["breakdown"] = run_worker("breakdown", T=4, rate=args.rate, rounds=3)
+        print_breakdown(results["breakdown"])
+
+        # 6. kernels alone
+        import kernels
+        print("\n== scatter kernels alone (benchmarks/kernels.py) ==")
+        results["kernels"] = run_worker("kernels", threads=1, net="vgg16", T=4, batch=16, rate=args.rate)
+        print(kernels.table(results["kernels"], "vgg16", 4, 16, args.rate, 1))
 
     results["elapsed_s"] = time.perf_counter() - t_start
     results["machine"]["load_end"] = "%.2f %.2f %.2f" % os.getloadavg()
     print(f"\ndone in {results['elapsed_s']:.0f}s; load average at end: {results['machine']['load_end']}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1, default=float)
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
