@@ -52,6 +52,14 @@ _ITEMS_PER_THREAD = 4
 _MIN_PART = 2048
 
 
+def _splits(items: int) -> int:
+    """How many parts to cut each of ``items`` work items into for about ``_ITEMS_PER_THREAD``
+    items per thread (items differ in size; dynamic scheduling evens them out)."""
+    import numba
+
+    return max(1, -(-_ITEMS_PER_THREAD * numba.get_num_threads() // items))
+
+
 def _run_if(pop, params, current, *out):
     K.if_run(current, params.v0, params.param, pop.reset == "zero", *out)
 
@@ -80,8 +88,9 @@ def _prepare_conv(proj: Projection, cast) -> tuple[Callable, tuple]:
         pool_h, pool_w = proj.pool
 
         def scatter(ev_idx, ev_cnt, nev, current):
+            bands = min(out_h, _splits(len(nev)))  # few items (batch 1): split their output rows too
             K.scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current, src_w, src_c, crop_h, crop_w,
-                                pool_h, pool_w, out_h, out_w, out_c, stride_h, stride_w, pad_h, pad_w)
+                                pool_h, pool_w, out_h, out_w, out_c, stride_h, stride_w, pad_h, pad_w, bands)
         return scatter, (rows,)
     # compile.factor_pooling only pools groups-1, dilation-1 convolutions
     weight = cast(proj.weight)
@@ -249,9 +258,8 @@ class Simulator:
         key = (n_batch, size, channels, numba.get_num_threads())
         bounds = self._bounds.get(key)
         if bounds is None:
-            threads, pixels = key[3], size // channels
-            wanted = -(-_ITEMS_PER_THREAD * threads // n_batch)
-            n_parts = max(1, min(wanted, pixels, size // _MIN_PART))
+            pixels = size // channels
+            n_parts = max(1, min(_splits(n_batch), pixels, size // _MIN_PART))
             bounds = self._bounds[key] = np.linspace(0, pixels, n_parts + 1).astype(np.int64) * channels
         return bounds
 

@@ -475,6 +475,8 @@ def conv_rows_geometries(draw):
         grid = -(-geo["crop_" + a] // geo["pool_" + a])  # pooled grid: ceil(crop / pool)
         size = (grid + 2 * geo["pad_" + a] - geo["k_" + a]) // geo["stride_" + a] + 1
         geo["out_" + a] = max(1, size + draw(st.sampled_from([0, 0, 0, -1, 1])))
+    # bands of output rows split an item's work; any number up to out_h gives the same result
+    geo["n_bands"] = draw(st.integers(1, geo["out_h"]))
     return geo
 
 
@@ -484,7 +486,7 @@ def call_conv_rows(events, weight, current, g):
     scatter_conv_rows(*events, rows, taps_y, taps_x, current,
                       g["src_w"], g["src_c"], g["crop_h"], g["crop_w"], g["pool_h"], g["pool_w"],
                       g["out_h"], g["out_w"], g["out_c"],
-                      g["stride_h"], g["stride_w"], g["pad_h"], g["pad_w"])
+                      g["stride_h"], g["stride_w"], g["pad_h"], g["pad_w"], g.get("n_bands", 1))
 
 
 @pytest.mark.parametrize("payload, dtype", PAYLOAD_CASES)

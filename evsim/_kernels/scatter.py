@@ -48,7 +48,7 @@ def conv_rows_layout(weight: np.ndarray, stride_h: int, stride_w: int):
 @numba.njit(**PJIT)
 def scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current,
                       src_w, src_c, crop_h, crop_w, pool_h, pool_w,
-                      out_h, out_w, out_c, stride_h, stride_w, pad_h, pad_w):
+                      out_h, out_w, out_c, stride_h, stride_w, pad_h, pad_w, n_bands):
     """Event-driven 2-D convolution (groups 1, dilation 1) on phase-decomposed weight rows.
 
     An event at source position ``(y, x, c)`` with ``y < crop_h`` and ``x < crop_w`` is first
@@ -59,6 +59,10 @@ def scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current,
     re-laid weights (:func:`conv_rows_layout`) added to one contiguous span of the output row,
     clipped at the borders once.  Events arrive sorted, so the geometry of a pixel is computed
     once for all its events (integer division is the expensive part of an event).
+
+    Work items are (item, band) pairs: band ``k`` of ``n_bands`` writes only output rows
+    ``[k*out_h // n_bands, (k+1)*out_h // n_bands)``, so a few large items (batch 1) still
+    spread evenly over the threads; every band reads all events of its item.
 
     Parameters
     ----------
@@ -80,6 +84,8 @@ def scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current,
         Target shape.
     stride_h, stride_w, pad_h, pad_w : int
         Stride and zero padding of the convolution on the pooled grid.
+    n_bands : int
+        Bands of output rows per item (1 to out_h).
     """
     n_items = current.shape[0]
     kpy = 1
@@ -93,7 +99,11 @@ def scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current,
     per_px = kpy * per_jy
     per_py = stride_w * per_px
     out_row = out_w * out_c
-    for i in numba.prange(n_items):
+    for work in numba.prange(n_items * n_bands):
+        i = work // n_bands
+        band = work % n_bands
+        row_lo = band * out_h // n_bands
+        row_hi = (band + 1) * out_h // n_bands
         cur = current[i]
         pixel_start = 0
         pixel_end = -1
@@ -134,9 +144,9 @@ def scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current,
                 lo = max(0, n_x - 1 - ox0)
                 hi = min(n_x, out_w - ox0 + n_x - 1)
                 span = (hi - lo) * out_c
-                # kernel rows jy land on output rows oy = oy0 - jy within [0, out_h)
-                jy_lo = max(0, oy0 - out_h + 1)
-                jy_hi = min(n_y, oy0 + 1)
+                # kernel rows jy land on output rows oy = oy0 - jy within this band
+                jy_lo = max(0, oy0 - row_hi + 1)
+                jy_hi = min(n_y, oy0 - row_lo + 1)
                 usable = usable and span > 0 and jy_hi > jy_lo
                 w_pixel = py * per_py + px * per_px + lo * out_c
                 o_pixel = (oy0 * out_w + ox0 - (n_x - 1) + lo) * out_c
