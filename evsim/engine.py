@@ -50,6 +50,9 @@ NEGATIVE_THRESHOLD = -1e-3
 #: items per thread (load balance), but no part is smaller than ``_MIN_PART`` neurons
 _ITEMS_PER_THREAD = 4
 _MIN_PART = 2048
+#: bytes of convolution weights one block of source channels may hold: about half of a
+#: server core's L2 (1-2 MB), the rest is left for the currents being written
+_L2_BUDGET = 512 * 1024
 
 
 def _splits(items: int) -> int:
@@ -86,11 +89,13 @@ def _prepare_conv(proj: Projection, cast) -> tuple[Callable, tuple]:
     if groups == 1 and dil_h == dil_w == 1:
         rows, taps_y, taps_x = K.conv_rows_layout(cast(proj.weight), stride_h, stride_w)
         pool_h, pool_w = proj.pool
+        # weights larger than a core's L2 are scattered by blocks of source channels that fit
+        c_block = src_c if rows.nbytes <= _L2_BUDGET else max(1, _L2_BUDGET * src_c // rows.nbytes)
 
         def scatter(ev_idx, ev_cnt, nev, current):
             bands = min(out_h, _splits(len(nev)))  # few items (batch 1): split their output rows too
             K.scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current, src_w, src_c, crop_h, crop_w,
-                                pool_h, pool_w, out_h, out_w, out_c, stride_h, stride_w, pad_h, pad_w, bands)
+                                pool_h, pool_w, out_h, out_w, out_c, stride_h, stride_w, pad_h, pad_w, bands, c_block)
         return scatter, (rows,)
     # compile.factor_pooling only pools groups-1, dilation-1 convolutions
     weight = cast(proj.weight)

@@ -477,6 +477,8 @@ def conv_rows_geometries(draw):
         geo["out_" + a] = max(1, size + draw(st.sampled_from([0, 0, 0, -1, 1])))
     # bands of output rows split an item's work; any number up to out_h gives the same result
     geo["n_bands"] = draw(st.integers(1, geo["out_h"]))
+    # blocks of source channels are scattered one after the other; any size gives the same result
+    geo["c_block"] = draw(st.integers(1, geo["src_c"]))
     return geo
 
 
@@ -486,7 +488,8 @@ def call_conv_rows(events, weight, current, g):
     scatter_conv_rows(*events, rows, taps_y, taps_x, current,
                       g["src_w"], g["src_c"], g["crop_h"], g["crop_w"], g["pool_h"], g["pool_w"],
                       g["out_h"], g["out_w"], g["out_c"],
-                      g["stride_h"], g["stride_w"], g["pad_h"], g["pad_w"], g.get("n_bands", 1))
+                      g["stride_h"], g["stride_w"], g["pad_h"], g["pad_w"], g.get("n_bands", 1),
+                      g.get("c_block", g["src_c"]))
 
 
 @pytest.mark.parametrize("payload, dtype", PAYLOAD_CASES)

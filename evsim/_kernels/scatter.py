@@ -48,7 +48,7 @@ def conv_rows_layout(weight: np.ndarray, stride_h: int, stride_w: int):
 @numba.njit(**PJIT)
 def scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current,
                       src_w, src_c, crop_h, crop_w, pool_h, pool_w,
-                      out_h, out_w, out_c, stride_h, stride_w, pad_h, pad_w, n_bands):
+                      out_h, out_w, out_c, stride_h, stride_w, pad_h, pad_w, n_bands, c_block):
     """Event-driven 2-D convolution (groups 1, dilation 1) on phase-decomposed weight rows.
 
     An event at source position ``(y, x, c)`` with ``y < crop_h`` and ``x < crop_w`` is first
@@ -63,6 +63,10 @@ def scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current,
     Work items are (item, band) pairs: band ``k`` of ``n_bands`` writes only output rows
     ``[k*out_h // n_bands, (k+1)*out_h // n_bands)``, so a few large items (batch 1) still
     spread evenly over the threads; every band reads all events of its item.
+
+    Source channels are taken in blocks of ``c_block``: all work items scatter the events of
+    one block before the next block starts, so when the weights do not fit in a core's L2 cache
+    a block's weights are read from memory once for all items instead of once per item.
 
     Parameters
     ----------
@@ -86,6 +90,8 @@ def scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current,
         Stride and zero padding of the convolution on the pooled grid.
     n_bands : int
         Bands of output rows per item (1 to out_h).
+    c_block : int
+        Source channels per block (``src_c`` for one block).
     """
     n_items = current.shape[0]
     kpy = 1
@@ -99,74 +105,77 @@ def scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current,
     per_px = kpy * per_jy
     per_py = stride_w * per_px
     out_row = out_w * out_c
-    for work in numba.prange(n_items * n_bands):
-        i = work // n_bands
-        band = work % n_bands
-        row_lo = band * out_h // n_bands
-        row_hi = (band + 1) * out_h // n_bands
-        cur = current[i]
-        pixel_start = 0
-        pixel_end = -1
-        usable = False
-        span = 0
-        jy_lo = 0
-        jy_hi = 0
-        w_pixel = 0
-        o_pixel = 0
-        for e in range(nev[i]):
-            n = np.int64(ev_idx[i, e])
-            if n >= pixel_end:  # first event of a new pixel: its geometry
-                pixel = n // src_c
-                pixel_start = pixel * src_c
-                pixel_end = pixel_start + src_c
-                y = pixel // src_w
-                x = pixel - y * src_w
-                usable = y < crop_h and x < crop_w
-                if pool_h > 1:
-                    y //= pool_h
-                if pool_w > 1:
-                    x //= pool_w
-                ty = y + pad_h
-                tx = x + pad_w
-                py = 0
-                oy0 = ty
-                if stride_h > 1:
-                    oy0 = ty // stride_h
-                    py = ty - oy0 * stride_h
-                px = 0
-                ox0 = tx
-                if stride_w > 1:
-                    ox0 = tx // stride_w
-                    px = tx - ox0 * stride_w
-                n_y = taps_y[py]
-                n_x = taps_x[px]
-                # taps r in [lo, hi) land on outputs ox = ox0 - (n_x - 1) + r within [0, out_w)
-                lo = max(0, n_x - 1 - ox0)
-                hi = min(n_x, out_w - ox0 + n_x - 1)
-                span = (hi - lo) * out_c
-                # kernel rows jy land on output rows oy = oy0 - jy within this band
-                jy_lo = max(0, oy0 - row_hi + 1)
-                jy_hi = min(n_y, oy0 - row_lo + 1)
-                usable = usable and span > 0 and jy_hi > jy_lo
-                w_pixel = py * per_py + px * per_px + lo * out_c
-                o_pixel = (oy0 * out_w + ox0 - (n_x - 1) + lo) * out_c
-            if not usable:
-                continue
-            count = ev_cnt[i, e]
-            w_c = w_pixel + (n - pixel_start) * per_c
-            for jy in range(jy_lo, jy_hi):
-                o = o_pixel - jy * out_row
-                w = w_c + jy * per_jy
-                # 1-D views with non-negative offsets: LLVM vectorises the loop
-                out = cur[o:o + span]
-                wr = rows[w:w + span]
-                if count == 1:
-                    for j in range(span):
-                        out[j] += wr[j]
-                else:
-                    k = rows.dtype.type(count)
-                    for j in range(span):
-                        out[j] += k * wr[j]
+    for c_lo in range(0, src_c, c_block):
+        c_hi = c_lo + c_block
+        for work in numba.prange(n_items * n_bands):
+            i = work // n_bands
+            band = work % n_bands
+            row_lo = band * out_h // n_bands
+            row_hi = (band + 1) * out_h // n_bands
+            cur = current[i]
+            pixel_start = 0
+            pixel_end = -1
+            usable = False
+            span = 0
+            jy_lo = 0
+            jy_hi = 0
+            w_pixel = 0
+            o_pixel = 0
+            for e in range(nev[i]):
+                n = np.int64(ev_idx[i, e])
+                if n >= pixel_end:  # first event of a new pixel: its geometry
+                    pixel = n // src_c
+                    pixel_start = pixel * src_c
+                    pixel_end = pixel_start + src_c
+                    y = pixel // src_w
+                    x = pixel - y * src_w
+                    usable = y < crop_h and x < crop_w
+                    if pool_h > 1:
+                        y //= pool_h
+                    if pool_w > 1:
+                        x //= pool_w
+                    ty = y + pad_h
+                    tx = x + pad_w
+                    py = 0
+                    oy0 = ty
+                    if stride_h > 1:
+                        oy0 = ty // stride_h
+                        py = ty - oy0 * stride_h
+                    px = 0
+                    ox0 = tx
+                    if stride_w > 1:
+                        ox0 = tx // stride_w
+                        px = tx - ox0 * stride_w
+                    n_y = taps_y[py]
+                    n_x = taps_x[px]
+                    # taps r in [lo, hi) land on outputs ox = ox0 - (n_x - 1) + r within [0, out_w)
+                    lo = max(0, n_x - 1 - ox0)
+                    hi = min(n_x, out_w - ox0 + n_x - 1)
+                    span = (hi - lo) * out_c
+                    # kernel rows jy land on output rows oy = oy0 - jy within this band
+                    jy_lo = max(0, oy0 - row_hi + 1)
+                    jy_hi = min(n_y, oy0 - row_lo + 1)
+                    usable = usable and span > 0 and jy_hi > jy_lo
+                    w_pixel = py * per_py + px * per_px + lo * out_c
+                    o_pixel = (oy0 * out_w + ox0 - (n_x - 1) + lo) * out_c
+                c = n - pixel_start
+                if not usable or c < c_lo or c >= c_hi:
+                    continue
+                count = ev_cnt[i, e]
+                w_c = w_pixel + c * per_c
+                for jy in range(jy_lo, jy_hi):
+                    o = o_pixel - jy * out_row
+                    w = w_c + jy * per_jy
+                    # 1-D views with non-negative offsets: LLVM vectorises the loop
+                    out = cur[o:o + span]
+                    wr = rows[w:w + span]
+                    if count == 1:
+                        for j in range(span):
+                            out[j] += wr[j]
+                    else:
+                        k = rows.dtype.type(count)
+                        for j in range(span):
+                            out[j] += k * wr[j]
 
 
 @numba.njit(**PJIT)
