@@ -53,6 +53,7 @@ _MIN_PART = 2048
 #: bytes of convolution weights one block of source channels may hold: about half of a
 #: server core's L2 (1-2 MB), the rest is left for the currents being written
 _L2_BUDGET = 512 * 1024
+_MIN_BLOCK_ITEMS = 16
 
 
 def _splits(items: int) -> int:
@@ -93,9 +94,12 @@ def _prepare_conv(proj: Projection, cast) -> tuple[Callable, tuple]:
         c_block = src_c if rows.nbytes <= _L2_BUDGET else max(1, _L2_BUDGET * src_c // rows.nbytes)
 
         def scatter(ev_idx, ev_cnt, nev, current):
-            bands = min(out_h, _splits(len(nev)))  # few items (batch 1): split their output rows too
+            items = len(nev)
+            bands = min(out_h, _splits(items))  # few items (batch 1): split their output rows too
+            # a block costs one parallel region: only worth it when many items re-use its weights
+            block = c_block if items >= _MIN_BLOCK_ITEMS else src_c
             K.scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current, src_w, src_c, crop_h, crop_w,
-                                pool_h, pool_w, out_h, out_w, out_c, stride_h, stride_w, pad_h, pad_w, bands, c_block)
+                                pool_h, pool_w, out_h, out_w, out_c, stride_h, stride_w, pad_h, pad_w, bands, block)
         return scatter, (rows,)
     # compile.factor_pooling only pools groups-1, dilation-1 convolutions
     weight = cast(proj.weight)
