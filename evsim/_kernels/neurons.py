@@ -28,6 +28,10 @@ Common conventions:
   branch-free update over 1-D row views (LLVM vectorises it), then a compaction of the spike
   flags into events (with the SOP sum) that skips groups of neurons without a spike.
 - Kernels never raise and do no bounds checks: callers validate shapes, dtypes and contiguity.
+
+The three kernels repeat their block loop and compaction on purpose: a shared, inlined
+compaction helper (signed counts, per-group spike and SOP sums) measured 15-20 % slower on
+the IF kernel, which is a tenth to a quarter of a whole simulation.
 """
 import numba
 import numpy as np
