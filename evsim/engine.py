@@ -216,7 +216,6 @@ class Simulator:
         max_count = max([p.tau for p in network.populations], default=1)
         self.count_dtype = np.dtype(np.int8 if max_count <= np.iinfo(np.int8).max else np.int32)
         self.stages = self._plan()
-        self.n_slots = 1 + max((s.slot for s in self.stages), default=-1)
         self.buffers = _Buffers()
         self._bounds: dict[tuple, np.ndarray] = {}
         #: set to a dict to collect seconds per (stage name, phase) over the next batches
