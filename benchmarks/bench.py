@@ -147,8 +147,9 @@ def engine_worker(args):
         neurons = sum(p.size for p in sim.network.populations)
         # per-neuron arrays the simulator holds besides the weights: v0 and threshold, the constant
         # current of bias-only targets, the fan-out for SOP counts
-        per_neuron = ([a for p in sim.params.values() for a in (p.param, p.v0)] + list(sim.static_current.values())
-                      + list(sim.fanout.values()))
+        per_neuron = ([np.asarray(a, np.float32) for p in sim.network.populations
+                       for a in (p.v0, p.kernel_theta, p.param_values)]
+                      + list(sim.static_current.values()) + list(sim.fanout.values()))
         info.update(weights_bytes=sum(a.nbytes for w in sim.weights.values() for a in w),
                     per_neuron_bytes=sum(a.nbytes for a in per_neuron), state_bytes=len(x) * neurons * 8,
                     neurons=neurons, numba_threads=numba.get_num_threads())
@@ -172,7 +173,7 @@ def engine_worker(args):
     if args.worker == "evsim":
         import numba
         info["threading_layer"] = numba.threading_layer()
-        _, stats, _ = out
+        stats = out.stats
         info["sops_per_image"] = float(sum(s[:, 2].sum() for s in stats.values())) / len(x)
         info["rate"] = float(sum(s[:, 0].sum() for s in stats.values())) / (len(x) * T * info["neurons"])
     run()

@@ -203,6 +203,8 @@ class ConvProjection(Projection):
         from ._kernels import tuning
 
         g = self.geometry
+        if g.groups == 1 and g.dil_h == g.dil_w == 1 and conv_kernel() == "gather":
+            return self._prepare_gather(cast)
         if g.groups == 1 and g.dil_h == g.dil_w == 1:
             rows, taps_y, taps_x = K.conv_rows_layout(cast(self.weight), g.stride_h, g.stride_w)
             pool_h, pool_w = self.pool
@@ -223,6 +225,46 @@ class ConvProjection(Projection):
         def scatter(ev_idx, ev_cnt, nev, current):
             K.scatter_conv(ev_idx, ev_cnt, nev, weight, current, *g)
         return scatter, (weight,)
+
+    def _prepare_gather(self, cast):
+        """The output-stationary kernel (:mod:`evsim._kernels.gather`); it can also start from the
+        constant current (``init``), which saves the engine's pre-load of the currents."""
+        from . import _kernels as K
+        from ._kernels import tuning
+
+        g = self.geometry
+        pool_h, pool_w = self.pool
+        weight = K.gather_layout(cast(self.weight))
+        grid_h, grid_w = -(-g.crop_h // pool_h), -(-g.crop_w // pool_w)
+        n_pixels = g.src_h * g.src_w
+
+        def gather(ev_idx, ev_cnt, nev, current, init=None, per_row=1):
+            items = len(nev)
+            seg = np.empty((items, n_pixels + 1), np.int64)
+            K.event_segments(ev_idx, nev, g.src_c, seg)
+            bands = min(g.out_h, tuning.splits(items))  # few items (batch 1): split their output rows too
+            if init is None:
+                init, per_row = current, 1
+            K.gather_conv(ev_idx, ev_cnt, nev, seg, weight, init, per_row, current, g.src_w, g.src_c, g.crop_h,
+                          g.crop_w, pool_h, pool_w, grid_h, grid_w, g.out_h, g.out_w, g.out_c, g.k_h, g.k_w,
+                          g.stride_h, g.stride_w, g.pad_h, g.pad_w, bands)
+        gather.fuses_init = True
+        return gather, (weight,)
+
+
+#: convolution kernels for groups-1, dilation-1 projections (``EVSIM_CONV_KERNEL``)
+CONV_KERNELS = ("gather", "scatter")
+
+
+def conv_kernel() -> str:
+    """``"gather"`` (output-stationary, SIMD accumulators; the default) or ``"scatter"`` (the
+    event-major scalar kernel, kept as reference and fallback): ``EVSIM_CONV_KERNEL``."""
+    import os
+
+    name = os.environ.get("EVSIM_CONV_KERNEL", "gather").strip().lower() or "gather"
+    if name not in CONV_KERNELS:
+        raise ConversionError(describe("EVSIM_CONV_KERNEL", " or ".join(map(repr, CONV_KERNELS)), repr(name)))
+    return name
 
 
 @dataclass

@@ -144,6 +144,14 @@ def _plan(net: Network) -> tuple[list[_Stage], list[int]]:
     return stages, slot_sizes
 
 
+def _aligned_empty(size: int, dtype) -> np.ndarray:
+    """An uninitialised 1-D array whose data starts on a 64-byte (cache line) boundary."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(size * dtype.itemsize + 64, np.uint8)
+    offset = (-raw.ctypes.data) % 64
+    return raw[offset:offset + size * dtype.itemsize].view(dtype)
+
+
 class _Buffers:
     """Flat arrays kept across batches; views of the requested shape are handed out."""
 
@@ -154,7 +162,7 @@ class _Buffers:
         size = math.prod(shape)
         flat = self._flat.get(key)
         if flat is None or flat.size < size or flat.dtype != dtype:
-            flat = self._flat[key] = np.empty(size, dtype)
+            flat = self._flat[key] = _aligned_empty(size, dtype)
         return flat[:size].reshape(shape)
 
     def drop(self, prefix) -> None:
@@ -311,14 +319,21 @@ class Simulator:
         t0 = time.perf_counter()
         base = bases[stage.name]
         current = self.buffers.get("current", (n_batch, T, stage.size), self.dtype)
-        K.fill_rows(current, base)
-        t0 = self._timed(stage.name, "fill", t0)
         flat = current.reshape(n_batch * T, stage.size)
+        items = n_batch * T
+        first = stage.incoming[0] if stage.incoming else None
+        fused = first is not None and getattr(self.scatters[first], "fuses_init", False)
+        if not fused:  # pre-load the constant current (a gather kernel starts from it instead)
+            K.fill_rows(current, base)
+            t0 = self._timed(stage.name, "fill", t0)
         for i in stage.incoming:
             source = self.network.projections[i].source
             ev_idx, ev_cnt, nev = events[source]
-            items = n_batch * T
-            self.scatters[i](ev_idx.reshape(items, -1), ev_cnt.reshape(items, -1), nev.reshape(items), flat)
+            args = (ev_idx.reshape(items, -1), ev_cnt.reshape(items, -1), nev.reshape(items), flat)
+            if fused and i == first:
+                self.scatters[i](*args, init=base, per_row=T)
+            else:
+                self.scatters[i](*args)
             t0 = self._timed(stage.name, "scatter " + self.network.projections[i].kind, t0)
         return current
 

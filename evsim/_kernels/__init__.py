@@ -3,6 +3,8 @@
 Kernels take only NumPy arrays and scalars, never raise, and do no validation: the engine checks
 shapes and coerces dtypes/contiguity before calling them. Compilation flags live in ``_flags``.
 """
+from .dense import channel_affine, im2col, pool_sum, qcfs_forward
+from .gather import aligned, event_segments, gather_conv, gather_layout
 from .neurons import gn_run, if_run, join_parts, signed_if_run
 from .pooling import maxpool_gate
 from .scatter import (conv_rows_layout, fill_rows, scatter_conv, scatter_conv_rows, scatter_csr, scatter_dense,
@@ -24,4 +26,12 @@ __all__ = [
     "maxpool_gate",
     "event_stats",
     "accumulate_counts",
+    "aligned",
+    "event_segments",
+    "gather_conv",
+    "gather_layout",
+    "im2col",
+    "qcfs_forward",
+    "pool_sum",
+    "channel_affine",
 ]
