@@ -188,10 +188,19 @@ def print_results(results, verbose=False):
 @click.option("--e-ac", type=float, default=None, help="Override E_AC in pJ.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write a JSON report here.")
 @click.option("--no-ann", is_flag=True, help="Do not evaluate the ANN's accuracy.")
+@click.option("--no-dense", is_flag=True, help="Never switch a projection to its dense (GEMM) path.")
+@click.option("--time-block", type=click.IntRange(min=1), default=None,
+              help="Time-steps simulated per block (default: chosen from EVSIM_MEMORY_LIMIT and the batch).")
 @click.option("-v", "--verbose", is_flag=True, help="Also print where the time went.")
 def run(model, data, T, batch_size, samples, precision, neuron, tau, v0, reset, energy_preset, e_mac, e_ac,
-        report, no_ann, verbose):
+        report, no_ann, no_dense, time_block, verbose):
     """Simulate MODEL event by event on DATA; print accuracy per time-step, spikes, SOPs, energy."""
+    import os
+
+    if no_dense:  # engine settings are read from the environment (also by runners' worker simulators)
+        os.environ["EVSIM_DENSE"] = "0"
+    if time_block is not None:
+        os.environ["EVSIM_TIME_BLOCK"] = str(time_block)
     options = conversion_options(neuron, tau, v0, reset)
     results = run_model(model, data, T, batch_size, samples, precision, options,
                         energy_model(energy_preset, e_mac, e_ac), with_ann=not no_ann)

@@ -334,7 +334,8 @@ class Simulator:
                 self.scatters[i](*args, init=base, per_row=T)
             else:
                 self.scatters[i](*args)
-            t0 = self._timed(stage.name, "scatter " + self.network.projections[i].kind, t0)
+            path = getattr(self.scatters[i], "last", "scatter")  # "dense" when the projection went dense
+            t0 = self._timed(stage.name, path + " " + self.network.projections[i].kind, t0)
         return current
 
     def _state(self, p, n_batch: int, blocked: bool) -> tuple:
@@ -623,6 +624,14 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
+def engine_settings() -> dict:
+    """The engine's environment settings in force (recorded in every run's settings)."""
+    from .compile import dense_enabled
+
+    return {"time_block": _env_time_block() or "auto", "dense": dense_enabled(),
+            "conv_kernel": os.environ.get("EVSIM_CONV_KERNEL", "auto").strip().lower() or "auto"}
+
+
 def plan_run(network: Network, n_samples: int, T: int = 32, batch_size: int = 64, precision: str = "float32",
              energy: EnergyModel | None = None, labels: bool = True) -> RunPlan:
     """Check the run settings and describe the run (what every batch and the report need)."""
@@ -636,7 +645,8 @@ def plan_run(network: Network, n_samples: int, T: int = 32, batch_size: int = 64
     graph = network.graph
     settings = {"model": graph.source, "T": int(T), "batch_size": int(batch_size), "precision": precision,
                 "samples": int(n_samples), "neuron": sorted({p.model for p in network.populations}),
-                "conversion": graph.metadata.get("conversion", {}), "calibration": graph.metadata.get("calibration")}
+                "conversion": graph.metadata.get("conversion", {}), "calibration": graph.metadata.get("calibration"),
+                "engine": engine_settings()}
     return RunPlan(int(T), int(batch_size), precision, int(n_samples), [(p.name, p.size) for p in network.populations],
                    network.input_macs, network.ann_macs, energy or EnergyModel(), settings)
 

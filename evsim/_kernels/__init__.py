@@ -3,7 +3,7 @@
 Kernels take only NumPy arrays and scalars, never raise, and do no validation: the engine checks
 shapes and coerces dtypes/contiguity before calling them. Compilation flags live in ``_flags``.
 """
-from .dense import channel_affine, im2col, pool_sum, qcfs_forward
+from .dense import channel_affine, events_to_cols, events_to_dense, im2col, pool_sum, qcfs_forward
 from .gather import aligned, event_segments, gather_conv, gather_layout
 from .neurons import gn_run, if_run, join_parts, signed_if_run
 from .pooling import maxpool_gate
@@ -34,4 +34,6 @@ __all__ = [
     "qcfs_forward",
     "pool_sum",
     "channel_affine",
+    "events_to_cols",
+    "events_to_dense",
 ]

@@ -1,5 +1,6 @@
-"""Kernels of the ANN executor (:mod:`evsim.ann`): im2col for convolutions done as one BLAS GEMM,
-and the QCFS activation fused into one pass.
+"""Dense kernels: the ANN executor's (:mod:`evsim.ann`: im2col for convolutions done as BLAS GEMMs,
+QCFS, BatchNorm and sum pooling fused into one pass each) and the dense path of the simulation
+(:func:`events_to_cols`, :func:`events_to_dense`: event lists to GEMM operands).
 
 They are sequential (``nogil``, not ``parallel``): the executor runs several batches at once in
 Python threads, each kernel and each single-threaded BLAS call releasing the GIL, so no OpenMP
@@ -11,7 +12,7 @@ import numpy as np
 
 from ._flags import JIT
 
-__all__ = ["im2col", "qcfs_forward"]
+__all__ = ["im2col", "qcfs_forward", "pool_sum", "channel_affine", "events_to_cols", "events_to_dense"]
 
 
 @numba.njit(**JIT)
@@ -141,3 +142,78 @@ def channel_affine(x, scale, shift, out):
             dst = out[b, c]
             for j in range(n_pix):
                 dst[j] = src[j] * a + d
+
+
+@numba.njit(**JIT)
+def events_to_cols(ev_idx, ev_cnt, nev, first, cols, src_w, src_c, crop_h, crop_w, pool_h, pool_w, grid_h, grid_w,
+                   out_h, out_w, k_h, k_w, stride_h, stride_w, pad_h, pad_w):
+    """The im2col matrix of a convolution straight from event lists (the dense path of a projection).
+
+    For items ``first .. first + len(cols) - 1``: ``cols[j, oy*out_w + ox, (ky*k_w + kx)*src_c + c]`` =
+    the (sum-pooled) count of channel ``c`` at pooled position ``(oy*stride_h - pad_h + ky,
+    ox*stride_w - pad_w + kx)``, so that ``cols[j] @ weight.reshape(k_h*k_w*src_c, out_c)`` is the
+    item's convolution in the engine's (pixel, channel) layout.  Zeroed first; every event adds its
+    count to the entries of the outputs it reaches.
+
+    Parameters
+    ----------
+    ev_idx, ev_cnt, nev : ndarray
+        Events of all items (sorted neuron indices, counts, numbers).
+    first : int
+        First item.
+    cols : ndarray, (n, out_h*out_w, k_h*k_w*src_c) float
+        Written.
+    """
+    zero = cols.dtype.type(0)
+    for j in range(cols.shape[0]):
+        i = first + j
+        block = cols[j]
+        for r in range(block.shape[0]):
+            row = block[r]
+            for q in range(row.shape[0]):
+                row[q] = zero
+        for e in range(nev[i]):
+            n = np.int64(ev_idx[i, e])
+            c = n % src_c
+            pixel = n // src_c
+            sy = pixel // src_w
+            sx = pixel - sy * src_w
+            if sy >= crop_h or sx >= crop_w:
+                continue
+            gy = sy // pool_h
+            gx = sx // pool_w
+            k = cols.dtype.type(ev_cnt[i, e])
+            for ky in range(k_h):
+                ty = gy + pad_h - ky
+                if ty < 0:
+                    break
+                oy = ty // stride_h
+                if oy * stride_h != ty or oy >= out_h:
+                    continue
+                for kx in range(k_w):
+                    tx = gx + pad_w - kx
+                    if tx < 0:
+                        break
+                    ox = tx // stride_w
+                    if ox * stride_w != tx or ox >= out_w:
+                        continue
+                    block[oy * out_w + ox, (ky * k_w + kx) * src_c + c] += k
+
+
+@numba.njit(**JIT)
+def events_to_dense(ev_idx, ev_cnt, nev, first, out):
+    """``out[j, n]`` = count of neuron ``n`` in item ``first + j`` (0 where it has no event).
+
+    Parameters
+    ----------
+    out : ndarray, (n, N) float
+        Written.
+    """
+    zero = out.dtype.type(0)
+    for j in range(out.shape[0]):
+        i = first + j
+        row = out[j]
+        for q in range(row.shape[0]):
+            row[q] = zero
+        for e in range(nev[i]):
+            row[ev_idx[i, e]] = out.dtype.type(ev_cnt[i, e])
