@@ -47,14 +47,24 @@ PHASES = ("preprocess", "input", "fill", "scatter conv", "scatter dense", "scatt
 
 
 # --------------------------------------------------------------------------- shared helpers
+#: OpenMP wait policy of both workers (``--omp-wait``): "passive" threads sleep at a barrier instead of
+#: spinning, which on a shared, oversubscribed machine keeps a descheduled spinning thread from holding
+#: up its team (evsim sets the same default itself, see docs/performance.md)
+OMP_WAIT = "passive"
+
+
 def thread_vars(n: int) -> dict[str, str]:
     """Environment that gives a process ``n`` threads whichever runtime it uses.
 
     Both workers get the same variables, so neither engine gets a bigger pool from a library
-    neither of them controls directly (OpenMP under Numba's ``omp`` layer and torch, BLAS).
+    neither of them controls directly (OpenMP under Numba's ``omp`` layer and torch, BLAS), and the
+    same OpenMP wait policy.
     """
-    return {name: str(n) for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                      "MKL_NUM_THREADS")}
+    env = {name: str(n) for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                     "MKL_NUM_THREADS")}
+    if OMP_WAIT != "default":
+        env["OMP_WAIT_POLICY"] = OMP_WAIT
+    return env
 
 
 def thresholds(net: str, T: int, rate: float) -> dict:
@@ -142,6 +152,7 @@ def engine_worker(args):
     info = {}
     if args.worker == "evsim":
         import numba
+        import numpy as np
         numba.set_num_threads(args.threads)
         sim = simulator(args.net, T, args.rate)
         neurons = sum(p.size for p in sim.network.populations)
@@ -520,6 +531,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=None, help="measurements per engine and config (>= 5)")
     ap.add_argument("--nets", default="vgg16,resnet20")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
+    ap.add_argument("--omp-wait", default="passive", choices=("passive", "active", "default"),
+                    help="OMP_WAIT_POLICY of both workers ('default': leave it unset)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--net", default="vgg16", help=argparse.SUPPRESS)
     ap.add_argument("--T", type=int, default=4, help=argparse.SUPPRESS)
@@ -529,6 +542,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     workers = {"evsim": engine_worker, "sj": engine_worker, "scaling": scaling_worker, "jit": jit_worker,
                "breakdown": breakdown_worker, "kernels": kernels_worker}
+    globals()["OMP_WAIT"] = args.omp_wait
     if args.worker:
         return workers[args.worker](args)
 
@@ -542,7 +556,8 @@ def main(argv=None):
     results = {"machine": machine(), "quick": quick, "rate": args.rate, "threads": THREADS}
     m = results["machine"]
     print(f"machine: {m.get('cpu')} ({m.get('cpus')} CPUs, {m.get('simd')}); {m['versions']}")
-    print(f"threads: {THREADS} per worker (numba / torch, OMP/OpenBLAS/MKL); load average at start: {m['load']}")
+    print(f"threads: {THREADS} per worker (numba / torch, OMP/OpenBLAS/MKL), OMP_WAIT_POLICY {args.omp_wait}; "
+          f"load average at start: {m['load']}")
     t_start = time.perf_counter()
 
     # 1. calibration (cached) and float64 spike check

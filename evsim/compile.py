@@ -247,7 +247,7 @@ class ConvProjection(Projection):
         pool_h, pool_w = self.pool
         weight = K.gather_layout(cast(self.weight))
         grid_h, grid_w = -(-g.crop_h // pool_h), -(-g.crop_w // pool_w)
-        n_pixels = g.src_h * g.src_w
+        seg = np.empty((0, g.src_h * g.src_w + 1), np.int64)  # each work item locates its events
 
         dense = _DensePath("conv", self.source, g.src_h * g.src_w * g.src_c)
         n_out, n_cols = g.out_h * g.out_w, g.k_h * g.k_w * g.src_c
@@ -262,8 +262,6 @@ class ConvProjection(Projection):
                 dense.run(dense_rows, ev_idx, ev_cnt, nev, current, init, per_row, n_out * n_cols)
                 return
             gather.last = "scatter"
-            seg = np.empty((items, n_pixels + 1), np.int64)
-            K.event_segments(ev_idx, nev, g.src_c, seg)
             bands = min(g.out_h, tuning.splits(items))  # few items (batch 1): split their output rows too
             K.gather_conv(ev_idx, ev_cnt, nev, seg, weight, init, per_row, current, g.src_w, g.src_c, g.crop_h,
                           g.crop_w, pool_h, pool_w, grid_h, grid_w, g.out_h, g.out_w, g.out_c, g.k_h, g.k_w,
@@ -441,12 +439,17 @@ class _DensePath:
         from .ann import blas_threads
 
         items = len(nev)
-        # slices of at most ~8 MB of dense operand, and at least one per thread
-        step = max(1, min(-(-items // _pool_threads()), (8 << 20) // max(1, per_item_elements * current.itemsize)))
+        # slices of at most ~2 MB of dense operand (it stays in L2 for its GEMM), at least one per thread
+        step = max(1, min(-(-items // _pool_threads()), (2 << 20) // max(1, per_item_elements * current.itemsize)))
 
         def one(lo):
             hi = min(items, lo + step)
-            start = init[(np.arange(lo, hi) // per_row) % len(init)]
+            if init is current:
+                start = current[lo:hi]
+            elif len(init) == 1:
+                start = init  # broadcast
+            else:
+                start = init[(np.arange(lo, hi) // per_row) % len(init)]
             rows(ev_idx, ev_cnt, nev, lo, hi, start, current[lo:hi])
 
         with blas_threads(1):

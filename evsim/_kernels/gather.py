@@ -44,6 +44,22 @@ def aligned(array: np.ndarray, alignment: int = 64) -> np.ndarray:
     return out
 
 
+@numba.njit(**JIT)
+def _segments(idx, n_events, src_c, row):
+    """:func:`event_segments` of one item."""
+    n_pixels = row.shape[0] - 1
+    row[0] = 0
+    last = 0
+    for e in range(n_events):
+        pixel = np.int64(idx[e]) // src_c
+        for q in range(last + 1, pixel + 1):
+            row[q] = e
+        if pixel > last:
+            last = pixel
+    for q in range(last + 1, n_pixels + 1):
+        row[q] = n_events
+
+
 @numba.njit(**PJIT)
 def event_segments(ev_idx, nev, src_c, seg):
     """``seg[i, p]`` = index of the first event of source pixel ``p`` in item ``i`` (events sorted by
@@ -59,20 +75,8 @@ def event_segments(ev_idx, nev, src_c, seg):
     seg : ndarray, (items, n_pixels + 1) int64
         Written.
     """
-    n_items, width = seg.shape
-    n_pixels = width - 1
-    for i in numba.prange(n_items):
-        row = seg[i]
-        row[0] = 0
-        last = 0
-        for e in range(nev[i]):
-            pixel = np.int64(ev_idx[i, e]) // src_c
-            for q in range(last + 1, pixel + 1):
-                row[q] = e
-            if pixel > last:
-                last = pixel
-        for q in range(last + 1, n_pixels + 1):
-            row[q] = nev[i]
+    for i in numba.prange(seg.shape[0]):
+        _segments(ev_idx[i], nev[i], src_c, seg[i])
 
 
 def _gather(ev_idx, ev_cnt, nev, seg, weight, init, per_row, current, src_w, src_c, crop_h, crop_w, pool_h, pool_w,
@@ -92,7 +96,11 @@ def _gather(ev_idx, ev_cnt, nev, seg, weight, init, per_row, current, src_w, src
         row_hi = (band + 1) * out_h // n_bands
         idx = ev_idx[i]
         cnt = ev_cnt[i]
-        sg = seg[i]
+        if seg.shape[0] == n_items:
+            sg = seg[i]
+        else:  # located here: one parallel region less than event_segments first (batch-1 latency)
+            sg = np.empty(seg.shape[1], np.int64)
+            _segments(idx, nev[i], src_c, sg)
         cur = current[i]
         start = init[(i // per_row) % n_init]
         for oy in range(row_lo, row_hi):
@@ -182,8 +190,9 @@ def gather_conv(ev_idx, ev_cnt, nev, seg, weight, init, per_row, current, src_w,
     ----------
     ev_idx, ev_cnt, nev : ndarray
         Events of the items, ``(items, E)``, ``(items, E)``, ``(items,)``; sorted by neuron index.
-    seg : ndarray, (items, src_h*src_w + 1) int64
-        From :func:`event_segments`.
+    seg : ndarray, (items | 0, src_h*src_w + 1) int64
+        From :func:`event_segments`, or with 0 rows: every work item locates its item's pixels itself
+        (what the engine does: one parallel region less per projection).
     weight : ndarray, (k_h*k_w*src_c*out_c,) float
         The projection's (kH, kW, C_in, C_out) weights in :func:`gather_layout`.
     init : ndarray, (R, out_h*out_w*out_c) float
