@@ -19,6 +19,7 @@ compared with the float64 one (differing samples are reported).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -123,19 +124,25 @@ def main(argv=None):
     if not args.no_before:
         runs["ann before"] = lambda: old_accuracy(ann, x, y)[0]
     times = {k: [] for k in runs}
+    cpu = {k: [] for k in runs}
     values = {}
     for r in range(args.rounds):
         for k in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             values[k] = runs[k]()
             times[k].append(time.perf_counter() - t0)
-    snn = statistics.median(times["snn"])
+            cpu[k].append(time.process_time() - c0)
+    snn, snn_cpu = statistics.median(times["snn"]), statistics.median(cpu["snn"])
     print(f"shipped model, {args.samples} samples, T = {args.T}, {args.threads} threads, "
-          f"median of {args.rounds} interleaved rounds")
-    print(f"{'pass':12s} {'s':>8s} {'[min, max]':>18s} {'/ SNN':>7s} {'accuracy':>9s}")
+          f"median of {args.rounds} interleaved rounds; load average {'%.1f %.1f %.1f' % os.getloadavg()}")
+    print(f"{'pass':12s} {'wall s':>8s} {'[min, max]':>18s} {'/ SNN':>7s} | {'CPU s':>7s} {'/ SNN':>7s} | "
+          f"{'accuracy':>9s}")
     for k, ts in times.items():
-        med = statistics.median(ts)
-        print(f"{k:12s} {med:8.3f} [{min(ts):7.3f}, {max(ts):7.3f}] {med / snn:7.3f} {values[k]:9.4f}")
+        med, c = statistics.median(ts), statistics.median(cpu[k])
+        print(f"{k:12s} {med:8.3f} [{min(ts):7.3f}, {max(ts):7.3f}] {med / snn:7.3f} | {c:7.3f} {c / snn_cpu:7.3f} | "
+              f"{values[k]:9.4f}")
+    print("CPU s: CPU time of the process (all threads); on a shared machine the wall-time ratio mixes in "
+          "the load, the CPU-time ratio is the work ratio.")
     f32 = predict(ann, x)
     print(f"float32 predictions differing from float64: {int((f32 != reference).sum())} of {args.samples}")
     if not args.no_before:

@@ -11,8 +11,10 @@ import numba
 import numpy as np
 
 from ._flags import JIT
+from .simd import vfma, vload, vstore, vzeros
 
-__all__ = ["im2col", "qcfs_forward", "pool_sum", "channel_affine", "events_to_cols", "events_to_dense"]
+__all__ = ["im2col", "qcfs_forward", "pool_sum", "channel_affine", "events_to_cols", "events_to_dense", "direct_conv",
+           "direct_layout"]
 
 
 @numba.njit(**JIT)
@@ -217,3 +219,111 @@ def events_to_dense(ev_idx, ev_cnt, nev, first, out):
             row[q] = zero
         for e in range(nev[i]):
             row[ev_idx[i, e]] = out.dtype.type(ev_cnt[i, e])
+
+
+def _direct(x, w, scale, shift, pad_h, pad_w, out_h, out_w, out):
+    # one output row segment of _LANES pixels x 8 output channels in registers (8 accumulators)
+    n_batch, n_channels, height, width = x.shape
+    n_blocks, _, k_h, k_w, _ = w.shape
+    n_out = out.shape[1]
+    n_vec = (out_w + _LANES - 1) // _LANES  # noqa: F821
+    padded = np.zeros((n_channels, height + 2 * pad_h, n_vec * _LANES + k_w - 1), x.dtype)  # noqa: F821
+    row = np.empty(n_vec * _LANES, x.dtype)  # noqa: F821
+    zero = x.dtype.type(0)
+    for b in range(n_batch):
+        for c in range(n_channels):
+            for y in range(height):
+                src = x[b, c, y]
+                dst = padded[c, y + pad_h, pad_w:pad_w + width]
+                for j in range(width):
+                    dst[j] = src[j]
+        for blk in range(n_blocks):
+            wb = w[blk]
+            for oy in range(out_h):
+                for v in range(n_vec):
+                    x0 = v * _LANES  # noqa: F821
+                    a0 = vzeros(zero, _LANES)  # noqa: F821
+                    a1 = a0
+                    a2 = a0
+                    a3 = a0
+                    a4 = a0
+                    a5 = a0
+                    a6 = a0
+                    a7 = a0
+                    for c in range(n_channels):
+                        for ky in range(k_h):
+                            plane_row = padded[c, oy + ky]
+                            for kx in range(k_w):
+                                xv = vload(plane_row, x0 + kx, _LANES)  # noqa: F821
+                                t = wb[c, ky, kx]
+                                a0 = vfma(xv, t[0], a0)
+                                a1 = vfma(xv, t[1], a1)
+                                a2 = vfma(xv, t[2], a2)
+                                a3 = vfma(xv, t[3], a3)
+                                a4 = vfma(xv, t[4], a4)
+                                a5 = vfma(xv, t[5], a5)
+                                a6 = vfma(xv, t[6], a6)
+                                a7 = vfma(xv, t[7], a7)
+                    o = blk * 8
+                    n_valid = min(_LANES, out_w - x0)  # noqa: F821
+                    _emit(a0, row, out, b, o, oy, x0, n_valid, n_out, scale, shift)
+                    _emit(a1, row, out, b, o + 1, oy, x0, n_valid, n_out, scale, shift)
+                    _emit(a2, row, out, b, o + 2, oy, x0, n_valid, n_out, scale, shift)
+                    _emit(a3, row, out, b, o + 3, oy, x0, n_valid, n_out, scale, shift)
+                    _emit(a4, row, out, b, o + 4, oy, x0, n_valid, n_out, scale, shift)
+                    _emit(a5, row, out, b, o + 5, oy, x0, n_valid, n_out, scale, shift)
+                    _emit(a6, row, out, b, o + 6, oy, x0, n_valid, n_out, scale, shift)
+                    _emit(a7, row, out, b, o + 7, oy, x0, n_valid, n_out, scale, shift)
+
+
+@numba.njit(inline="always", **JIT)
+def _emit(acc, row, out, b, o, oy, x0, n_valid, n_out, scale, shift):
+    """``out[b, o, oy, x0:x0 + n_valid] = acc * scale[o] + shift[o]`` (skipped for padding channels)."""
+    if o < n_out:
+        vstore(row, 0, acc)
+        dst = out[b, o, oy]
+        s = scale[o]
+        t = shift[o]
+        for j in range(n_valid):
+            dst[x0 + j] = row[j] * s + t
+
+
+_DIRECT: dict = {}
+
+
+def direct_layout(weight: np.ndarray) -> np.ndarray:
+    """(C_out, C_in, kH, kW) -> (ceil(C_out/8), C_in, kH, kW, 8): eight output channels' weights of one
+    tap side by side (zeros for the padding channels), the layout :func:`direct_conv` reads."""
+    c_out = weight.shape[0]
+    n_blocks = -(-c_out // 8)
+    padded = np.zeros((n_blocks * 8,) + weight.shape[1:], weight.dtype)
+    padded[:c_out] = weight
+    return np.ascontiguousarray(padded.reshape(n_blocks, 8, *weight.shape[1:]).transpose(0, 2, 3, 4, 1))
+
+
+def direct_conv(x, w, scale, shift, pad_h, pad_w, out_h, out_w, out):
+    """Stride-1, dilation-1, groups-1 convolution, NCHW, without im2col: ``out[b, o] = conv(x[b], w)[o] *
+    scale[o] + shift[o]`` (the bias, or a BatchNorm folded in).
+
+    Sixteen (float32; eight float64) neighbouring output pixels of one row times eight output
+    channels accumulate in eight vector registers with fused multiply-adds, reading the input row
+    from a zero-padded copy of the sample (:mod:`evsim._kernels.simd`).  Rounded as fused
+    multiply-adds do (within float rounding of the NumPy definition); only the ANN executor uses it.
+
+    Parameters
+    ----------
+    x : ndarray, (B, C, H, W) float
+    w : ndarray
+        :func:`direct_layout` of the (C_out, C, kH, kW) weights, in the dtype of ``x``.
+    scale, shift : ndarray, (C_out,) float
+    out : ndarray, (B, C_out, out_h, out_w) float
+        Written.
+    """
+    lanes = max(1, 64 // x.itemsize)
+    if out_w <= lanes // 2:
+        lanes //= 2
+    kernel = _DIRECT.get(lanes)
+    if kernel is None:
+        from .factory import _bind
+        kernel = _DIRECT[lanes] = numba.njit(**JIT)(_bind(_direct, "_direct", f"direct_conv_l{lanes}", _LANES=lanes))
+    kernel(x, w, scale, shift, pad_h, pad_w, out_h, out_w, out)

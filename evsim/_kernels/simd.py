@@ -15,7 +15,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["Vector", "vload", "vstore", "vadd", "vscale", "vzeros"]
+__all__ = ["Vector", "vload", "vstore", "vadd", "vscale", "vzeros", "vfma"]
 
 
 class Vector(types.Type):
@@ -107,4 +107,27 @@ def vzeros(typingctx, like, width):
 
     def codegen(context, builder, sig, args):
         return ir.Constant(context.get_value_type(sig.return_type), None)
+    return sig, codegen
+
+
+@intrinsic
+def vfma(typingctx, a, k, c):
+    """Lane-wise ``a * k + c`` with one rounding (fused multiply-add) for a scalar ``k``.  Only for
+    the ANN executor's dense convolutions: spike decisions never use it (the simulation's kernels
+    multiply and add separately, as the NumPy references do)."""
+    if not isinstance(a, Vector) or a != c or k != a.dtype:
+        return None
+    sig = a(a, k, c)
+
+    def codegen(context, builder, sig, args):
+        vector_type = args[0].type
+        splat = ir.Constant(vector_type, ir.Undefined)
+        splat = builder.insert_element(splat, args[1], ir.Constant(ir.IntType(32), 0))
+        splat = builder.shuffle_vector(splat, ir.Constant(vector_type, ir.Undefined),
+                                       ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count), [0] * vector_type.count))
+        element = "f32" if vector_type.element == ir.FloatType() else "f64"
+        name = f"llvm.fma.v{vector_type.count}{element}"
+        fma = builder.module.globals.get(name) or ir.Function(
+            builder.module, ir.FunctionType(vector_type, [vector_type] * 3), name=name)
+        return builder.call(fma, [args[0], splat, args[2]])
     return sig, codegen
