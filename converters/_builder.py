@@ -28,7 +28,7 @@ from evsim.errors import ConversionError, ModelFileError, describe
 from evsim.graph import Graph, InputSpec, Node, validate
 
 __all__ = ["GraphBuilder", "View", "Step", "materialize", "match_qcfs", "ActivationSpec", "parse_activation",
-           "parse_activations", "nhwc_to_nchw", "as_float_array", "preprocessing_from_steps"]
+           "parse_activations", "nhwc_to_nchw", "as_float_array", "preprocessing_from_steps", "same_pads", "add_conv", "add_pool", "add_linear"]
 
 #: ops whose output is >= 0 whenever their inputs are
 _KEEPS_SIGN = frozenset({"avgpool2d", "maxpool2d", "global_avgpool", "flatten", "pad2d", "sumpool2d", "add"})
@@ -430,7 +430,8 @@ class GraphBuilder:
     def affine(self, src: str, steps, wanted: str) -> str:
         """An elementwise affine map of ``src`` (a mul/div/add/sub/rsub chain, per channel or scalar).
 
-        Written as a ``batchnorm`` node with mean 0, var 0, eps 1 (exactly ``gamma·x + beta``);
+        Written as a ``scale`` node when there is no offset, else as a ``batchnorm`` node with mean 0,
+        var 0, eps 1 (exactly ``gamma·x + beta``);
         :meth:`finish` folds it into the conv/linear/batchnorm before it or into the input
         preprocessing when it is the only user of that value.
         """
@@ -439,9 +440,13 @@ class GraphBuilder:
         if np.all(a == 1) and np.all(b == 0):
             return src
         dtype = np.float32
-        arrays = {"mean": np.zeros(channels, dtype), "var": np.zeros(channels, dtype),
-                  "gamma": a.astype(dtype), "beta": b.astype(dtype)}
-        name = self.add(wanted, "batchnorm", [src], {"eps": 1.0}, arrays)
+        gamma = np.asarray(a[0] if np.all(a == a[0]) else a, dtype)
+        if np.all(b == 0):  # a multiplication: the scale op
+            name = self.add(wanted, "scale", [src], {}, {"scale": gamma})
+        else:
+            arrays = {"mean": np.zeros(channels, dtype), "var": np.zeros(channels, dtype),
+                      "gamma": np.broadcast_to(gamma, (channels,)).copy(), "beta": b.astype(dtype)}
+            name = self.add(wanted, "batchnorm", [src], {"eps": 1.0}, arrays)
         self._affine[name] = (list(steps), a, b)
         return name
 
@@ -585,3 +590,73 @@ def _clip(builder: GraphBuilder, src: str, lo, hi, wanted: str, where: str) -> s
         value = float(hi.reshape(-1)[0]) if np.all(hi == hi.reshape(-1)[0]) else [float(v) for v in hi]
         builder.metadata.setdefault("relu_max", {})[name] = value
     return name
+
+
+# --------------------------------------------------------------------------- layers shared by the importers
+def same_pads(spatial, kernel, strides, dilations=(1, 1), lower: bool = False) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of TensorFlow/ONNX 'SAME' padding (output = ceil(input / stride)).
+
+    The odd pixel goes to the bottom/right (TF 'same', ONNX SAME_UPPER) or, with ``lower``, to the
+    top/left (ONNX SAME_LOWER).
+    """
+    out = []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        out.append((large, small) if lower else (small, large))
+    return out[0][0], out[0][1], out[1][0], out[1][1]
+
+
+def add_conv(builder: GraphBuilder, src: str, weight, bias, stride, pads, dilation, groups: int, wanted: str,
+             kind: str) -> str:
+    """A conv2d (OIHW weight); asymmetric ``pads`` (top, bottom, left, right) go to a ``pad2d`` before it."""
+    top, bottom, left, right = (int(p) for p in pads)
+    if min(pads) < 0:
+        raise ConversionError(describe(builder.where(wanted, kind), "non-negative padding", str(list(pads))))
+    padding = [top, left]
+    if top != bottom or left != right:
+        src = builder.add(f"{wanted}.pad", "pad2d", [src], {"pads": [top, bottom, left, right]}, kind=kind)
+        padding = [0, 0]
+    return builder.add(wanted, "conv2d", [src], {"stride": list(stride), "padding": padding,
+                                                 "dilation": list(dilation), "groups": int(groups)},
+                       {"weight": weight, "bias": bias}, kind=kind)
+
+
+def add_pool(builder: GraphBuilder, src: str, op: str, kernel, stride, pads, wanted: str, kind: str) -> str:
+    """avgpool2d/maxpool2d with ``pads`` (top, bottom, left, right).
+
+    Symmetric padding of at most half the kernel is the op's own (zeros counted by avgpool, -inf
+    for maxpool).  Other padding becomes a ``pad2d`` of zeros before the op: exact for average
+    pooling that counts the padded zeros, and for max pooling of values that are never negative.
+    """
+    top, bottom, left, right = (int(p) for p in pads)
+    kernel, stride = list(kernel), list(stride)
+    if top == bottom and left == right and top <= kernel[0] // 2 and left <= kernel[1] // 2:
+        padding = [top, left]
+    else:
+        if op == "maxpool2d" and not builder.nonnegative(src):
+            raise ConversionError(describe(
+                builder.where(wanted, kind), "max-pool padding that is symmetric and at most half the kernel, "
+                "or an input that is never negative (after a ReLU)", f"padding {[top, bottom, left, right]} "
+                "on values that may be negative", "pad explicitly after the activation"))
+        src = builder.add(f"{wanted}.pad", "pad2d", [src], {"pads": [top, bottom, left, right]}, kind=kind)
+        padding = [0, 0]
+    return builder.add(wanted, op, [src], {"kernel": kernel, "stride": stride, "padding": padding}, kind=kind)
+
+
+def add_linear(builder: GraphBuilder, view: View, w_in_out: np.ndarray, bias, wanted: str, kind: str) -> str:
+    """A linear layer on a framework vector ``view`` with weight ``(in, out)`` in the framework's order.
+
+    The columns are permuted into evsim's C-major order, so a Dense after a channels-last Flatten
+    (H, W, C order) computes the same as in the framework.
+    """
+    where = builder.where(wanted, kind)
+    if len(view.shape) != 1:
+        raise ConversionError(describe(where, "a vector input (flatten first)", f"shape {view.shape}"))
+    if w_in_out.ndim != 2 or w_in_out.shape[0] != view.shape[0]:
+        raise ConversionError(describe(where, f"a weight of shape ({view.shape[0]}, out)", f"{w_in_out.shape}"))
+    weight = np.empty((w_in_out.shape[1], w_in_out.shape[0]), dtype=w_in_out.dtype)
+    weight[:, view.flat_index()] = w_in_out.T
+    bias = None if bias is None else np.ascontiguousarray(np.broadcast_to(bias, (w_in_out.shape[1],)),
+                                                          dtype=w_in_out.dtype)
+    return builder.add(wanted, "linear", [view.node], {}, {"weight": weight, "bias": bias}, kind=kind)

@@ -23,6 +23,7 @@ op type, what evsim supports and how to fix it.
 """
 from __future__ import annotations
 
+import ast
 import math
 from pathlib import Path
 
@@ -31,7 +32,8 @@ import numpy as np
 from evsim.errors import ContainerError, ConversionError, ManifestError, MissingDependencyError, describe
 from evsim.importers import Importer
 
-from ._builder import GraphBuilder, View, as_float_array, materialize, parse_activations, per_channel
+from ._builder import (GraphBuilder, View, add_conv, add_linear, add_pool, as_float_array, materialize,
+                       parse_activations, per_channel, same_pads)
 
 __all__ = ["read", "sniff", "IMPORTER", "MIN_OPSET", "MAX_OPSET", "SUPPORTED_OPS"]
 
@@ -387,18 +389,28 @@ def _scope(names) -> str:
     return "/".join(common) if common else names[-1]
 
 
-def _pair_pads(pads, kernel, strides, dilations, spatial, auto_pad) -> tuple[int, int, int, int]:
+def _pads(attrs, kernel, strides, dilations, spatial) -> tuple[int, int, int, int]:
     """``(top, bottom, left, right)`` from ONNX ``pads``/``auto_pad``."""
+    auto_pad = attrs.get("auto_pad", "NOTSET")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out = []
-        for size, k, s, d in zip(spatial, kernel, strides, dilations):
-            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            small, large = total // 2, total - total // 2
-            out.append((small, large) if auto_pad == "SAME_UPPER" else (large, small))
-        return out[0][0], out[0][1], out[1][0], out[1][1]
+        return same_pads(spatial, kernel, strides, dilations, lower=auto_pad == "SAME_LOWER")
+    pads = attrs.get("pads")
     if auto_pad == "VALID" or pads is None:
         return 0, 0, 0, 0
     return int(pads[0]), int(pads[2]), int(pads[1]), int(pads[3])
+
+
+def _label(node) -> str:
+    """The node's name for messages and evsim names; the dynamo exporter's module scope when it has one."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = [str(s) for s in ast.literal_eval(prop.value) if s]
+            except (ValueError, SyntaxError):
+                break
+            if scopes:
+                return "/" + "/".join(scopes)
+    return node.name or (node.output[0] if node.output else node.op_type)
 
 
 class _OnnxGraph:
@@ -622,7 +634,7 @@ class _OnnxGraph:
         if dyn.steps and (self.uses.get(name, 0) > 1 or name in self.outputs):
             self._concrete(name)
             dyn = self.dyn[name]
-        self.dyn[node.output[0]] = _Dyn(dyn.view, dyn.steps + list(steps), dyn.origin + [node.name or node.output[0]])
+        self.dyn[node.output[0]] = _Dyn(dyn.view, dyn.steps + list(steps), dyn.origin + [_label(node)])
 
     def _alias(self, node, name: str, view: View | None = None):
         dyn = self.dyn[name]
@@ -640,7 +652,7 @@ class _OnnxGraph:
         if len(data) != 1:
             self.refuse("a custom activation with one data input", f"{len(data)} data inputs")
         view = self._concrete(data[0])
-        name = _scope([node.name or node.output[0]])
+        name = _scope([_label(node)])
         if spec.op == "relu":
             out = self.builder.add(name, "relu", [view.node], kind=node.op_type)
         else:
@@ -692,7 +704,7 @@ def _add_paths(g: _OnnxGraph, node, names):
     for v in views[1:]:
         if (v.base, v.perm, v.shape) != (first.base, first.perm, first.shape):
             g.refuse("data inputs of the same shape and layout", f"{first.shape} and {v.shape}")
-    out = g.builder.add(_scope([node.name or node.output[0]]), "add", [v.node for v in views], kind=node.op_type)
+    out = g.builder.add(_scope([_label(node)]), "add", [v.node for v in views], kind=node.op_type)
     g._set(node, View(out, first.base, first.perm, first.shape))
 
 
@@ -748,25 +760,10 @@ def _conv(g: _OnnxGraph, node, attrs):
         g.refuse(f"kernel_shape equal to the weight's {list(w.shape[2:])}", str(kernel))
     strides = list(attrs.get("strides", [1, 1]))
     dilations = list(attrs.get("dilations", [1, 1]))
-    top, bottom, left, right = _pair_pads(attrs.get("pads"), kernel, strides, dilations, view.shape[1:],
-                                          attrs.get("auto_pad", "NOTSET"))
-    src = _pad(g, node, view.node, (top, bottom, left, right))
-    padding = [top, left] if src == view.node else [0, 0]
-    out = g.builder.add(_scope([node.name or node.output[0]]), "conv2d", [src],
-                        {"stride": strides, "padding": padding, "dilation": dilations, "groups": attrs.get("group", 1)},
-                        {"weight": w, "bias": bias}, kind="Conv")
+    pads = _pads(attrs, kernel, strides, dilations, view.shape[1:])
+    out = add_conv(g.builder, view.node, w, bias, strides, pads, dilations, attrs.get("group", 1),
+                   _scope([_label(node)]), "Conv")
     g._set(node, View.of(out, g.builder.shape(out)))
-
-
-def _pad(g, node, src: str, pads) -> str:
-    """``src`` unchanged when padding is symmetric (the op pads itself), else a ``pad2d`` node."""
-    top, bottom, left, right = pads
-    if min(pads) < 0:
-        g.refuse("non-negative pads", str(list(pads)))
-    if top == bottom and left == right:
-        return src
-    return g.builder.add(_scope([node.name or node.output[0]]) + ".pad", "pad2d", [src],
-                         {"pads": [top, bottom, left, right]}, kind=node.op_type)
 
 
 def _pool(op):
@@ -779,28 +776,18 @@ def _pool(op):
             g.refuse("2-D pooling", f"kernel_shape {kernel}")
         if any(d != 1 for d in attrs.get("dilations", [1, 1])):
             g.refuse("pooling without dilation", f"dilations {attrs['dilations']}")
-        pads = _pair_pads(attrs.get("pads"), kernel, strides, [1, 1], view.shape[1:], attrs.get("auto_pad", "NOTSET"))
+        pads = _pads(attrs, kernel, strides, [1, 1], view.shape[1:])
         top, bottom, left, right = pads
         if attrs.get("ceil_mode", 0):
             sizes = [(view.shape[1] + top + bottom - kernel[0]) / strides[0],
                      (view.shape[2] + left + right - kernel[1]) / strides[1]]
-            if any(math.ceil(s) != math.floor(s) for s in sizes):
+            if any(math.ceil(v) != math.floor(v) for v in sizes):
                 g.refuse("ceil_mode=0 (or a ceil_mode=1 that changes nothing)",
                          "ceil_mode=1 with windows past the input", "export the pooling with ceil_mode=False")
         if op == "avgpool2d" and any(pads) and not attrs.get("count_include_pad", 0):
             g.refuse("count_include_pad=1 when padding (evsim divides every window by kH·kW)",
                      f"count_include_pad=0 with pads {list(pads)}", "use count_include_pad=True or no padding")
-        symmetric = top == bottom and left == right and top <= kernel[0] // 2 and left <= kernel[1] // 2
-        src, padding = view.node, [top, left]
-        if not symmetric:
-            if op == "maxpool2d" and not g.builder.nonnegative(view.node):
-                g.refuse("symmetric max-pool padding of at most half the kernel, or an input that is >= 0",
-                         f"pads {list(pads)} on values that may be negative")
-            src = g.builder.add(_scope([node.name or node.output[0]]) + ".pad", "pad2d", [view.node],
-                                {"pads": list(pads)}, kind=node.op_type)
-            padding = [0, 0]
-        out = g.builder.add(_scope([node.name or node.output[0]]), op, [src],
-                            {"kernel": kernel, "stride": strides, "padding": padding}, kind=node.op_type)
+        out = add_pool(g.builder, view.node, op, kernel, strides, pads, _scope([_label(node)]), node.op_type)
         g._set(node, View.of(out, g.builder.shape(out)))
 
     return handle
@@ -808,7 +795,7 @@ def _pool(op):
 
 def _global_pool(g, node, attrs, keep=True):
     view = g._plain(node.input[0])
-    out = g.builder.add(_scope([node.name or node.output[0]]), "global_avgpool", [view.node], kind=node.op_type)
+    out = g.builder.add(_scope([_label(node)]), "global_avgpool", [view.node], kind=node.op_type)
     c = view.shape[0]
     g._set(node, View(out, (c,), (0,), (c, 1, 1) if keep else (c,)))
 
@@ -845,16 +832,7 @@ def _matmul(g: _OnnxGraph, node, attrs):
 
 def _linear(g: _OnnxGraph, node, w_in_out: np.ndarray, bias):
     """A linear layer on ``node.input[0]`` with weight ``(in, out)`` in the framework's feature order."""
-    view = g._concrete(node.input[0])
-    if len(view.shape) != 1:
-        g.refuse("a 2-D (N, F) input (flatten first)", f"shape (N, {', '.join(map(str, view.shape))})")
-    if w_in_out.ndim != 2 or w_in_out.shape[0] != view.shape[0]:
-        g.refuse(f"a weight of shape ({view.shape[0]}, out)", f"{w_in_out.shape}")
-    weight = np.empty((w_in_out.shape[1], w_in_out.shape[0]), dtype=w_in_out.dtype)
-    weight[:, view.flat_index()] = w_in_out.T  # columns in evsim's C-major order
-    bias = None if bias is None else np.ascontiguousarray(bias, dtype=w_in_out.dtype)
-    out = g.builder.add(_scope([node.name or node.output[0]]), "linear", [view.node],
-                        {}, {"weight": weight, "bias": bias}, kind=node.op_type)
+    out = add_linear(g.builder, g._concrete(node.input[0]), w_in_out, bias, _scope([_label(node)]), node.op_type)
     g._set(node, View.of(out, g.builder.shape(out)))
 
 
@@ -866,7 +844,7 @@ def _batchnorm(g: _OnnxGraph, node, attrs):
     eps = float(attrs.get("epsilon", 1e-5))
     view = g._concrete(node.input[0])
     if view.plain:
-        out = g.builder.add(_scope([node.name or node.output[0]]), "batchnorm", [view.node], {"eps": eps},
+        out = g.builder.add(_scope([_label(node)]), "batchnorm", [view.node], {"eps": eps},
                             {"gamma": scale, "beta": beta, "mean": mean, "var": var}, kind="BatchNormalization")
         return g._set(node, View.of(out, g.builder.shape(out)))
     # a reshaped/transposed input: the same map as elementwise steps along ONNX axis 1
@@ -960,7 +938,7 @@ def _pad_op(g, node, attrs):
     end = dict(zip(axes, pads[len(axes):]))
     if any(begin.get(a, 0) or end.get(a, 0) for a in (0, 1)):
         g.refuse("padding of the H and W axes only", f"pads {pads} on axes {axes}")
-    out = g.builder.add(_scope([node.name or node.output[0]]), "pad2d", [view.node],
+    out = g.builder.add(_scope([_label(node)]), "pad2d", [view.node],
                         {"pads": [begin.get(2, 0), end.get(2, 0), begin.get(3, 0), end.get(3, 0)]}, kind="Pad")
     g._set(node, View.of(out, g.builder.shape(out)))
 
