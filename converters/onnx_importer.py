@@ -494,9 +494,12 @@ class _OnnxGraph:
         dims = value.type.tensor_type.shape.dim
         shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
         where = f"{self.path}, input '{value.name}'"
-        if len(shape) not in (2, 4) or any(d is None or d < 1 for d in shape[1:]):
-            raise ConversionError(describe(where, "a shape (N, C, H, W) or (N, F) with fixed C, H, W / F",
-                                           str([d if d is not None else "?" for d in shape]),
+        found = str([d if d is not None else "?" for d in shape])
+        if len(shape) not in (2, 4):
+            raise ConversionError(describe(where, "an input of shape (N, C, H, W) or (N, F)", found,
+                                           "evsim simulates images and feature vectors (no 1-D or 3-D inputs)"))
+        if any(d is None or d < 1 for d in shape[1:]):
+            raise ConversionError(describe(where, "fixed C, H, W (or F)", found,
                                            "export with a fixed sample shape (a dynamic batch axis is fine)"))
         self.batch = shape[0] if shape[0] else BATCH
         sample = tuple(shape[1:])
