@@ -40,10 +40,10 @@ def as_float_array(value, where: str) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiub":
         raise ConversionError(describe(where, "a numeric array", f"dtype {arr.dtype}"))
-    arr = arr.astype(np.float64 if arr.dtype == np.float64 else np.float32)
+    arr = np.array(arr, dtype=np.float64 if arr.dtype == np.float64 else np.float32, order="C")  # keeps 0-d
     if not np.all(np.isfinite(arr)):
         raise ConversionError(describe(where, "finite values", f"{int(np.sum(~np.isfinite(arr)))} NaN/inf"))
-    return np.ascontiguousarray(arr)
+    return arr
 
 
 def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evsim.errors import ContainerError, ConversionError, ManifestError, describe
+from evsim.errors import ContainerError, ConversionError, EvsimError, ManifestError, describe
 from evsim.importers import Importer, hdf5_keys, is_hdf5, is_zip, zip_names
 
 from ._builder import (GraphBuilder, View, add_conv, add_linear, add_pool, as_float_array, materialize,
@@ -111,25 +111,29 @@ class _Weights:
         return out
 
     def keras3(self, f, layers) -> dict:
-        """``layers/<snake_case class>[_i]/vars/<k>`` of a ``.keras`` file, in layer order."""
+        """``layers/<snake_case class>[_i]/vars/<k>`` of a ``.keras`` file.
+
+        Keras names these groups after the layer *class* (numbered in layer order) and, for
+        Functional models, records the layer name in the ``vars`` group's ``name`` attribute; that
+        name is used when present, the class-based numbering otherwise.
+        """
+        groups = f.get("layers")
+        by_name = {}
+        if groups is not None:
+            for key in groups:
+                vars_ = groups[key].get("vars") if hasattr(groups[key], "get") else None
+                if vars_ is not None and "name" in vars_.attrs:
+                    by_name[_text(vars_.attrs["name"])] = (key, vars_)
         used: dict[str, int] = {}
         out = {}
         for layer in layers:
-            base = to_snake_case(layer["class_name"])
-            if base in used:
-                used[base] += 1
-                key = f"{base}_{used[base]}"
-            else:
-                used[base] = 0
-                key = base
-            group = f.get(f"layers/{key}/vars")
+            base = to_snake_case(str(layer.get("class_name")))
+            used[base] = used.get(base, -1) + 1
+            key = f"{base}_{used[base]}" if used[base] else base
+            key, group = by_name.get(layer["name"], (key, f.get(f"layers/{key}/vars")))
             if group is None:
                 out[layer["name"]] = []
                 continue
-            stored = _text(group.attrs.get("name", layer["name"]))
-            if stored != layer["name"]:
-                raise ContainerError(describe(f"{self.path}, weights 'layers/{key}'", f"layer '{layer['name']}'",
-                                              f"layer '{stored}'", "the config and the weights do not match"))
             keys = sorted(group.keys(), key=lambda k: int(k) if k.isdigit() else 1 << 30)
             out[layer["name"]] = [(None, self._read(f"layers/{key}/vars/{k}", group[k])) for k in keys]
         return out
@@ -207,7 +211,7 @@ def read(path, *, limit: int | None = None, activations=None):
     limit = memory_limit() if limit is None else limit
     try:
         config, weights, version = _load(path, limit)
-    except (ContainerError, ConversionError, ManifestError):
+    except EvsimError:
         raise
     except Exception as exc:  # noqa: BLE001 - zipfile/h5py/json raise many types for a bad file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -228,11 +232,11 @@ def _history(tensor) -> tuple[str, int, int]:
     return str(history[0]), int(history[1]), int(history[2])
 
 
-def _inbound(layer) -> list[tuple[str, int, int]]:
+def _inbound(layer, where: str) -> list[tuple[str, int, int]]:
     """The input tensors of a Functional layer's (single) call."""
     nodes = layer.get("inbound_nodes") or []
     if len(nodes) > 1:
-        raise ConversionError(describe(f"layer '{layer['name']}' ({layer.get('class_name')})",
+        raise ConversionError(describe(where,
                                        "each layer called once", f"{len(nodes)} calls (a shared layer)",
                                        "give each call its own layer"))
     if not nodes:
@@ -340,7 +344,7 @@ class _KerasGraph:
                 self.values[layer["name"]] = self._start(cfg.get("batch_shape") or cfg.get("batch_input_shape"),
                                                          layer["name"])
                 continue
-            sources = _inbound(layer)
+            sources = _inbound(layer, self.where(layer))
             missing = [s for s, *_ in sources if s not in self.values]
             if missing:
                 raise ConversionError(describe(self.where(layer), "inputs from earlier layers",
@@ -459,7 +463,7 @@ class _KerasGraph:
         pick = [a for n, a in saved if n == spec.weight]
         if not pick and spec.weight.isdigit() and int(spec.weight) < len(saved):
             pick = [saved[int(spec.weight)][1]]
-        if not pick and len(saved) == 1:
+        if not pick and len(saved) == 1 and saved[0][0] is None:  # .keras files keep no names
             pick = [saved[0][1]]
         if not pick:
             names = [n or str(i) for i, (n, _) in enumerate(saved)]
