@@ -50,21 +50,39 @@ def format_table(headers: list[str], rows: list[list], align: str | None = None)
     return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
 
 
+def activation_option(func):
+    """``--activation CLASS=SPEC`` (repeatable): the importer option that maps custom layers/ops."""
+    return click.option("--activation", "activations", multiple=True, metavar="CLASS=SPEC",
+                        help="Map a custom layer class (Keras) or op type (ONNX) of an imported model: "
+                             "CLASS=relu or CLASS=qcfs:WEIGHT_NAME,LEVELS. Repeatable.")(func)
+
+
+def load_model(path, activations=()):
+    """``evsim.load`` with the importer options given on the command line (none: no options)."""
+    import evsim
+
+    return evsim.load(path, **({"activations": list(activations)} if activations else {}))
+
+
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def inspect(model, as_json):
-    """Show the nodes of MODEL: op, output shape, parameters, MACs, and totals."""
-    import evsim
+@activation_option
+def inspect(model, as_json, activations):
+    """Show the nodes of MODEL (any format evsim reads): op, output shape, parameters, MACs, and totals."""
     from evsim.summary import summary_json
 
-    info = summary_json(evsim.load(model))
+    graph = load_model(model, activations)
+    info = summary_json(graph)
+    info["importer"] = getattr(graph, "importer", "evsim-v1")
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     rows = [[n["name"], n["op"], "x".join(map(str, n["shape"])), f"{n['params']:,}", f"{n['macs']:,}"]
             for n in info["nodes"]]
-    click.echo(f"{model}: kind {info['kind']}, input {'x'.join(map(str, info['input']))}, output '{info['output']}'")
+    via = "" if info["importer"] == "evsim-v1" else f" (read by the {info['importer']} importer)"
+    click.echo(f"{model}: kind {info['kind']}, input {'x'.join(map(str, info['input']))}, output '{info['output']}'"
+               f"{via}")
     click.echo(format_table(["node", "op", "output", "params", "MACs"], rows, "llrrr"))
     t = info["totals"]
     click.echo(f"total: {t['params']:,} parameters, {t['macs']:,} MACs (conv/linear), {t['neurons']:,} neurons")
@@ -189,12 +207,14 @@ def print_results(results, verbose=False):
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write a JSON report here.")
 @click.option("--no-ann", is_flag=True, help="Do not evaluate the ANN's accuracy.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print where the time went.")
+@activation_option
 def run(model, data, T, batch_size, samples, precision, neuron, tau, v0, reset, energy_preset, e_mac, e_ac,
-        report, no_ann, verbose):
+        report, no_ann, verbose, activations):
     """Simulate MODEL event by event on DATA; print accuracy per time-step, spikes, SOPs, energy."""
     options = conversion_options(neuron, tau, v0, reset)
     results = run_model(model, data, T, batch_size, samples, precision, options,
-                        energy_model(energy_preset, e_mac, e_ac), with_ann=not no_ann)
+                        energy_model(energy_preset, e_mac, e_ac), with_ann=not no_ann,
+                        graph=load_model(model, activations))
     print_results(results, verbose)
     if report:
         results.save(report)
@@ -230,15 +250,16 @@ def shipped(name: str) -> str:
 @click.option("--keep-lambda", is_flag=True, help="Keep trained QCFS λ; calibrate relu thresholds only.")
 @click.option("-T", "--timesteps", "T", type=click.IntRange(min=1), default=None,
               help="Time-steps the potential/bias calibration is done for.")
+@activation_option
 def convert(model, output, neuron, tau, v0, reset, threshold, channelwise, potential, bias_calibration,
-            calib_data, calib_samples, data_samples, include_zeros, keep_lambda, T):
+            calib_data, calib_samples, data_samples, include_zeros, keep_lambda, T, activations):
     """Convert (and calibrate) an ANN MODEL into an SNN file that `evsim run` simulates."""
     import evsim
     from evsim.convert import ConversionOptions
     from evsim.converters.calibration import calibrate
     from evsim.data_io import load_data
 
-    graph = evsim.load(model)
+    graph = load_model(model, activations)
     x = None
     if calib_data is not None:
         x, _ = load_data(calib_data, graph.input.shape, None, calib_samples)

@@ -233,9 +233,9 @@ def read(path, *, limit: int | None = None, **options) -> Graph:
     unknown = sorted(set(options) - set(importer.options))
     if unknown:
         takes = ", ".join(sorted(importer.options)) or "none"
-        raise ConversionError(describe(f"{path}, option '{unknown[0]}'", f"an option of the {importer.name} importer "
-                                       f"(it takes: {takes})", f"a {importer.description or importer.name} file",
-                                       "drop the option for this file"))
+        raise ConversionError(describe(f"{path}, option '{unknown[0]}'",
+                                       f"options of the '{importer.name}' importer that reads this file ({takes})",
+                                       repr(unknown[0]), "drop the option for this file"))
     graph = importer.read(path, limit=limit, **options)
     graph.importer = importer.name
     return graph
