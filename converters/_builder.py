@@ -28,7 +28,8 @@ from evsim.errors import ConversionError, ModelFileError, describe
 from evsim.graph import Graph, InputSpec, Node, validate
 
 __all__ = ["GraphBuilder", "View", "Step", "materialize", "match_qcfs", "ActivationSpec", "parse_activation",
-           "parse_activations", "nhwc_to_nchw", "as_float_array", "preprocessing_from_steps", "same_pads", "add_conv", "add_pool", "add_linear"]
+           "parse_activations", "nhwc_to_nchw", "as_float_array", "preprocessing_from_steps", "same_pads", "add_conv", "add_pool", "add_linear",
+           "channel_constant"]
 
 #: ops whose output is >= 0 whenever their inputs are
 _KEEPS_SIGN = frozenset({"avgpool2d", "maxpool2d", "global_avgpool", "flatten", "pad2d", "sumpool2d", "add"})
@@ -660,3 +661,26 @@ def add_linear(builder: GraphBuilder, view: View, w_in_out: np.ndarray, bias, wa
     bias = None if bias is None else np.ascontiguousarray(np.broadcast_to(bias, (w_in_out.shape[1],)),
                                                           dtype=w_in_out.dtype)
     return builder.add(wanted, "linear", [view.node], {}, {"weight": weight, "bias": bias}, kind=kind)
+
+
+def channel_constant(builder: GraphBuilder, view: View, value, where: str) -> np.ndarray:
+    """A constant operand of an elementwise op on ``view`` as a scalar or per-channel evsim array.
+
+    ``value`` broadcasts against one batch of the framework tensor (batch axis first); the result
+    is in evsim's layout.  Refuses constants that change the data's shape or vary inside a channel.
+    """
+    value = np.asarray(value, dtype=np.float64)
+    expected = f"a constant broadcastable to the data (N, {', '.join(map(str, view.shape))})"
+    if value.ndim > len(view.shape) + 1:
+        raise ConversionError(describe(where, expected, f"shape {value.shape}"))
+    try:
+        sample = np.broadcast_to(value, (1,) + tuple(view.shape))[0]
+    except ValueError:
+        raise ConversionError(describe(where, expected, f"shape {value.shape}",
+                                       "a constant may not change the data's shape")) from None
+    result = per_channel(view.to_evsim(sample, builder.shape(view.node)))
+    if result is None:
+        raise ConversionError(describe(where, "a constant that is scalar or per channel",
+                                       f"one that varies over positions ({value.shape})",
+                                       "fold it into the data or the neighbouring layer"))
+    return result

@@ -34,8 +34,8 @@ import numpy as np
 from evsim.errors import ContainerError, ConversionError, EvsimError, ManifestError, describe
 from evsim.importers import Importer, hdf5_keys, is_hdf5, is_zip, zip_names
 
-from ._builder import (GraphBuilder, View, add_conv, add_linear, add_pool, as_float_array, materialize,
-                       parse_activations, per_channel, same_pads)
+from ._builder import (GraphBuilder, View, add_conv, add_linear, add_pool, as_float_array, channel_constant,
+                       materialize, parse_activations, same_pads)
 
 __all__ = ["read", "sniff", "IMPORTER", "SUPPORTED_LAYERS"]
 
@@ -419,21 +419,16 @@ class _KerasGraph:
     def _channel_const(self, values, view: View, axes=(-1,)) -> np.ndarray:
         """A per-channel constant of a Keras layer (over ``axes``) as a scalar/per-channel evsim array."""
         arr = np.asarray(values, dtype=np.float64)
+        if arr.size == 1:
+            return arr.reshape(())
         rank = len(view.shape)
         axes = [a % (rank + 1) - 1 for a in axes]  # Keras axes count the batch axis
-        if arr.ndim == 0 or arr.size == 1:
-            return np.asarray(arr.reshape(-1)[0] if arr.size else 0.0)
         shape = [1] * rank
-        kept = [view.shape[a] for a in axes]
-        if int(np.prod(kept)) != arr.size:
-            self.refuse(f"a constant of {int(np.prod(kept))} values (axes {axes})", f"{arr.size} values")
         for a in axes:
             shape[a] = view.shape[a]
-        full = np.broadcast_to(arr.reshape(shape), view.shape)
-        result = per_channel(view.to_evsim(full, self.builder.shape(view.node)))
-        if result is None:
-            self.refuse("a scalar or per-channel constant", f"one that varies over positions (axes {axes})")
-        return result
+        if math.prod(shape) != arr.size:
+            self.refuse(f"a constant of {math.prod(shape)} values (axes {axes})", f"{arr.size} values")
+        return channel_constant(self.builder, view, arr.reshape(shape), self.where())
 
     def _activation(self, name, view: View, label: str | None = None) -> View:
         """A layer's activation; a softmax on the model's output is dropped (the output is the logits)."""

@@ -32,8 +32,8 @@ import numpy as np
 from evsim.errors import ContainerError, ConversionError, ManifestError, MissingDependencyError, describe
 from evsim.importers import Importer
 
-from ._builder import (GraphBuilder, View, add_conv, add_linear, add_pool, as_float_array, materialize,
-                       parse_activations, per_channel, same_pads)
+from ._builder import (GraphBuilder, View, add_conv, add_linear, add_pool, as_float_array, channel_constant,
+                       materialize, parse_activations, same_pads)
 
 __all__ = ["read", "sniff", "IMPORTER", "MIN_OPSET", "MAX_OPSET", "SUPPORTED_OPS"]
 
@@ -610,22 +610,7 @@ class _OnnxGraph:
 
     def _step_const(self, node, value: np.ndarray, view: View) -> np.ndarray:
         """A constant operand as a scalar or per-channel array in the evsim layout of ``view``."""
-        value = np.asarray(value, dtype=np.float64)
-        full_rank = len(view.shape) + 1
-        if value.ndim > full_rank:
-            self.refuse(f"a constant broadcastable to the data (N, {', '.join(map(str, view.shape))})",
-                        f"shape {value.shape}")
-        try:
-            sample = np.broadcast_to(value, (1,) + view.shape)[0]
-        except ValueError:
-            self.refuse(f"a constant broadcastable to the data (N, {', '.join(map(str, view.shape))})",
-                        f"shape {value.shape}", "a constant may not change the data's shape")
-        evsim_shape = self.builder.shape(view.node)
-        result = per_channel(view.to_evsim(sample, evsim_shape))
-        if result is None:
-            self.refuse("a constant that is scalar or per channel", f"one that varies over positions ({value.shape})",
-                        "fold it into the data or the neighbouring layer")
-        return result
+        return channel_constant(self.builder, view, value, self.where(node))
 
     def _extend(self, node, name: str, *steps):
         """Append elementwise steps to the chain of ``name``; the result is ``node``'s output.
