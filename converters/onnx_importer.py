@@ -788,16 +788,19 @@ def _global_pool(g, node, attrs, keep=True):
     g._set(node, View(out, (c,), (0,), (c, 1, 1) if keep else (c,)))
 
 
-def _reduce_mean(g, node, attrs):
+def _reduce_spatial(g, node, attrs):
+    """ReduceMean/ReduceSum over H and W of an NCHW tensor: global average pooling (times H·W for a sum)."""
     axes = attrs.get("axes")
     if len(node.input) > 1 and node.input[1]:
         axes = [int(a) for a in g._const(node, 1, "axes")]
     view = g._concrete(node.input[0])
     rank = len(view.shape) + 1
     if axes is None or sorted(a % rank for a in axes) != [2, 3] or rank != 4:
-        g.refuse("ReduceMean over the spatial axes (2, 3) of an NCHW tensor (global average pooling)",
+        g.refuse(f"{node.op_type} over the spatial axes (2, 3) of an NCHW tensor (global pooling)",
                  f"axes {axes} of a {rank}-D tensor")
     _global_pool(g, node, attrs, keep=bool(attrs.get("keepdims", 1)))
+    if node.op_type == "ReduceSum":
+        g._extend(node, node.output[0], ("mul", np.asarray(float(view.shape[1] * view.shape[2]))))
 
 
 def _gemm(g: _OnnxGraph, node, attrs):
@@ -959,7 +962,8 @@ HANDLERS = {
     "AveragePool": _pool("avgpool2d"),
     "MaxPool": _pool("maxpool2d"),
     "GlobalAveragePool": _global_pool,
-    "ReduceMean": _reduce_mean,
+    "ReduceMean": _reduce_spatial,
+    "ReduceSum": _reduce_spatial,
     "Pad": _pad_op,
     "Flatten": _flatten,
     "Reshape": _reshape,

@@ -48,6 +48,14 @@ def test_torch_export_logits(name):
     assert np.array_equal(evsim.ann.predict(graph, e["x"]), e["logits"].argmax(1))
 
 
+def test_jax_export_logits():
+    """A channels-first JAX CNN exported by jax2onnx (opset 21): SAME convs, bias Add, mean as ReduceSum/Div."""
+    graph = evsim.load(FIXTURES / "onnx_jax.onnx")
+    e = expected("onnx_jax")
+    assert [n.op for n in graph.nodes] == ["conv2d", "relu", "pad2d", "conv2d", "relu", "global_avgpool", "linear"]
+    assert_logits(forward(graph, e["x"], dtype=np.float32)[graph.output], e["logits"])
+
+
 @pytest.mark.parametrize("name, levels, per_channel", [
     ("onnx_qcfs_seeds", 4, False), ("onnx_qcfs_methods", 8, False), ("onnx_csqcfs", 4, True)])
 def test_qcfs_recognised(name, levels, per_channel):
@@ -220,10 +228,12 @@ def test_pad_op_batchnorm_pools_and_final_softmax(tmp_path):
              helper.make_node("MaxPool", ["r"], ["mp"], kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 1, 1]),
              helper.make_node("AveragePool", ["mp"], ["ap"], kernel_shape=[2, 2], pads=[1, 1, 1, 1],
                               count_include_pad=1),
-             helper.make_node("ReduceMean", ["ap"], ["rm"], axes=[2, 3], keepdims=0),
+             helper.make_node("ReduceSum", ["ap", "axes"], ["rs"], keepdims=0),
+             helper.make_node("Div", ["rs", "area"], ["rm"]),
              helper.make_node("Gemm", ["rm", "fw"], ["z"]),
              helper.make_node("Softmax", ["z"], ["y"])]
-    inits = {"pads": np.array([0, 0, 1, 0, 0, 0, 0, 2]), "w": f32(4, 2, 3, 3), "g": f32(4) + 2, "b": f32(4),
+    inits = {"pads": np.array([0, 0, 1, 0, 0, 0, 0, 2]), "w": f32(4, 2, 3, 3), "axes": np.array([2, 3]),
+             "area": np.float32(16), "g": f32(4) + 2, "b": f32(4),
              "mu": f32(4), "var": np.abs(f32(4)) + 0.5, "fw": f32(4, 6)}
     path, model = make(tmp_path, nodes, inits, opset=17)
     x = f32(3, 2, 6, 6)
