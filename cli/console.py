@@ -97,14 +97,14 @@ class Console:
 
     @property
     def stream(self):
-        return self._stream if self._stream is not None else click.get_text_stream("stderr")
+        return self._stream if self._stream is not None else sys.stderr
 
     # ------------------------------------------------------------------ plain lines
     def out(self, text: str = "") -> None:
         """A line of the result, on stdout (escaped for its encoding)."""
         with self._lock:
             self._clear()
-            stdout = click.get_text_stream("stdout")
+            stdout = sys.stdout
             click.echo("\n".join(escape(line, _encoding(stdout)) for line in str(text).split("\n")), file=stdout)
 
     def err(self, text: str) -> None:

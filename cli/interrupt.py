@@ -4,7 +4,8 @@ Python turns SIGINT into ``KeyboardInterrupt`` in whatever Python code the main 
 runs next.  While Numba compiles, that is often a ctypes callback called from LLVM,
 which *swallows* the exception ("Exception ignored on calling ctypes callback
 function") and compilation goes on as if nothing happened.  So the handler here also
-remembers the signal, and the CLI checks that memory at *checkpoints*: before every
+remembers the signal, and the CLI checks that memory at *checkpoints* (and, when the signal lands in llvmlite's code, raises nothing
+there, since the exception would only be printed and dropped): before every
 Numba compiler pass of every kernel (a listener on Numba's ``numba:run_pass`` and
 ``numba:compile`` events), after every batch, and before any output is written.
 A signal is therefore never lost, and during compilation it takes effect within one
@@ -53,7 +54,21 @@ def _handler(signum, frame):
         finally:
             os._exit(EXIT_CODES.get(signum, 130))
     _pending = signum
+    if _in_foreign_callback(frame):
+        return  # an exception raised here would be swallowed (and printed): the next checkpoint raises it
     raise Interrupted(signum)
+
+
+#: Python code that C calls back (LLVM's object cache hooks): an exception there is "ignored"
+_CALLBACK_FILES = (os.sep + os.path.join("llvmlite", "binding") + os.sep,)
+
+
+def _in_foreign_callback(frame, depth: int = 40) -> bool:
+    while frame is not None and depth > 0:
+        if any(part in frame.f_code.co_filename for part in _CALLBACK_FILES):
+            return True
+        frame, depth = frame.f_back, depth - 1
+    return False
 
 
 def install() -> None:

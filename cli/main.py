@@ -478,21 +478,22 @@ def _threshold_ok(text: str) -> None:
 
 def _calibrate(graph, x, request: NeuronRequest, p: dict):
     """The calibration call (one place, so the calibrate() signature lives here only)."""
+    import inspect as _inspect
+
     from evsim.converters.calibration import calibrate
 
-    options = request.options()
-    kwargs = {}
+    kwargs = {"threshold": p["threshold"], "channelwise": p["channelwise"], "potential": p["potential"],
+              "bias_calibration": p["bias_calibration"], "T": p["T"], "calib_samples": p["calib_samples"],
+              "include_zeros": p["include_zeros"]}
     if p["data_samples"] is not None:
         kwargs["data_samples"] = p["data_samples"]
     if p["keep_lambda"]:
         kwargs["override_qcfs"] = False
-    tau = request.params.get("tau")
-    neuron_kwargs = {"neuron": options.neuron, "reset": getattr(options, "reset", None) or "subtract"}
-    if tau is not None:
-        neuron_kwargs["tau"] = tau
-    return calibrate(graph, x, threshold=p["threshold"], channelwise=p["channelwise"], potential=p["potential"],
-                     bias_calibration=p["bias_calibration"], T=p["T"], calib_samples=p["calib_samples"],
-                     include_zeros=p["include_zeros"], **neuron_kwargs, **kwargs)
+    if "options" in _inspect.signature(calibrate).parameters:  # the registry API (issue 11)
+        return calibrate(graph, x, request.options(), **kwargs)
+    options = request.options()
+    kwargs.update(neuron=options.neuron, reset=options.reset, tau=request.params.get("tau", 4))
+    return calibrate(graph, x, **kwargs)
 
 
 def convert_record(snn, output) -> dict:
