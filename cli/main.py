@@ -216,7 +216,8 @@ def inspect(model, as_json):
         return
     rows = [[n["name"], n["op"], "x".join(map(str, n["shape"])), f"{n['params']:,}", f"{n['macs']:,}"]
             for n in info["nodes"]]
-    console.out(f"{model}: kind {info['kind']}, input {'x'.join(map(str, info['input']))}, output '{info['output']}'")
+    console.out(f"{escape(model)}: kind {info['kind']}, input {'x'.join(map(str, info['input']))}, "
+                f"output '{escape(info['output'])}'")
     console.out(format_table(["node", "op", "output", "params", "MACs"], rows, "llrrr"))
     t = info["totals"]
     console.out(f"total: {t['params']:,} parameters ({PARAMETERS_DEFINITION}; {t['trainable']:,} trainable), "
@@ -517,7 +518,7 @@ def print_convert_summary(record: dict, request: NeuronRequest, console: Console
     """A short human summary: populations, how thresholds were set, the potential."""
     cal = record.get("calibration") or {}
     pops = record["populations"]
-    console.out(f"wrote {record['output']}: SNN with {len(pops)} neuron population(s), "
+    console.out(f"wrote {escape(record['output'])}: SNN with {len(pops)} neuron population(s), "
                 f"{sum(p['neurons'] for p in pops):,} neurons, {request.describe()} neurons")
     method = cal.get("threshold_method")
     if method in (None, "qcfs_lambda"):
@@ -530,7 +531,7 @@ def print_convert_summary(record: dict, request: NeuronRequest, console: Console
             source += " (qcfs layers keep their trained λ)"
     console.out(f"thresholds: {source}")
     for p in pops:
-        console.out(f"  {p['name']}: {p['neurons']:,} neurons, threshold {_theta_text_summary(p['threshold'])}")
+        console.out(f"  {escape(p['name'])}: {p['neurons']:,} neurons, threshold {_theta_text_summary(p['threshold'])}")
     potential = cal.get("potential", "half")
     extra = f", calibrated at T={cal['T']} on {cal.get('data_samples')} samples" if cal.get("T") else ""
     console.out(f"initial potential: {potential}; bias calibration: "
@@ -686,7 +687,10 @@ def plot(reports, output, title):
     from evsim.plotting import check_figure_path, plot_reports
 
     console = get_console()
-    check_figure_path(output)
+    try:
+        check_figure_path(output)
+    except EvsimError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--output'") from None
     output = preflight_output(output, "--output", inputs=reports)
     with console.task("plotting"):
         notes = plot_reports(reports, output, title)
