@@ -8,7 +8,8 @@ what is wrong with it:
 * a component of the path exists but is not a directory ("afile/r.json": ``afile`` is
   a file);
 * the target exists and is a directory, a device, a FIFO or a socket (evsim writes
-  regular files only; a symlink to a regular file is written through);
+  regular files only; a symbolic link is judged by what it points to, and a dangling
+  one is refused);
 * the directory that would hold the output is not writable, or the nearest existing
   ancestor of a directory still to be created is not (checked by creating and removing
   a probe file there, which also catches read-only file systems);
