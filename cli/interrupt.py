@@ -135,8 +135,7 @@ def _kernel_name(event) -> str:
     dispatcher = data.get("dispatcher")
     name = getattr(getattr(dispatcher, "py_func", None), "__name__", None) or "kernel"
     args = data.get("args") or ()
-    dtype = next((str(getattr(a, "dtype", "")) for a in args if str(getattr(a, "dtype", "")).startswith("float")),
-                 "")
+    dtype = next((str(getattr(a, "dtype", a)) for a in args if str(getattr(a, "dtype", a)).startswith("float")), "")
     return f"{name} ({dtype})" if dtype else name
 
 
