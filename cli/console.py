@@ -192,11 +192,11 @@ class Console:
         if not self._tasks and self._overlay is None:
             return None
         parts = []
+        if self._overlay is not None:  # first: on a narrow terminal the task is what gets cut
+            parts.append(f"{self._overlay} {time.perf_counter() - self._overlay_since:.0f} s")
         if self._tasks:
             parts.append(self._tasks[-1].describe())
-        if self._overlay is not None:
-            parts.append(f"{self._overlay} {time.perf_counter() - self._overlay_since:.0f} s")
-        return f"{_SPINNER[frame % len(_SPINNER)]} " + " - ".join(parts)
+        return f"{_SPINNER[frame % len(_SPINNER)]} " + " | ".join(parts)
 
     def _draw(self, text: str) -> None:
         width = _terminal_width()

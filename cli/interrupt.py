@@ -153,8 +153,7 @@ class _CompileListener:
             if event.is_start:
                 cls.depth += 1
                 if cls.depth == 1 and cls.console is not None:
-                    cls.console.overlay(f"compiling Numba kernel {_kernel_name(event)} "
-                                        "(first run only; cached for later runs)")
+                    cls.console.overlay(f"compiling Numba kernel {_kernel_name(event)}, first run only")
                 checkpoint()
             else:
                 cls.depth = max(0, cls.depth - 1)
