@@ -106,6 +106,12 @@ def kernel_dispatchers() -> dict:
         for name, obj in vars(module).items():
             if isinstance(obj, CPUDispatcher):
                 found.setdefault(getattr(obj.py_func, "__name__", name), obj)
+    try:  # layer kernels generated around the neuron models' step functions (issue 11)
+        from ._kernels import factory
+    except ImportError:
+        factory = None
+    for kernel in getattr(factory, "_KERNELS", {}).values():
+        found.setdefault(getattr(kernel.py_func, "__name__", repr(kernel)), kernel)
     return found
 
 
