@@ -479,8 +479,6 @@ def _threshold_ok(text: str) -> None:
 
 def _calibrate(graph, x, request: NeuronRequest, p: dict):
     """The calibration call (one place, so the calibrate() signature lives here only)."""
-    import inspect as _inspect
-
     from evsim.converters.calibration import calibrate
 
     kwargs = {"threshold": p["threshold"], "channelwise": p["channelwise"], "potential": p["potential"],
@@ -490,11 +488,7 @@ def _calibrate(graph, x, request: NeuronRequest, p: dict):
         kwargs["data_samples"] = p["data_samples"]
     if p["keep_lambda"]:
         kwargs["override_qcfs"] = False
-    if "options" in _inspect.signature(calibrate).parameters:  # the registry API (issue 11)
-        return calibrate(graph, x, request.options(), **kwargs)
-    options = request.options()
-    kwargs.update(neuron=options.neuron, reset=options.reset, tau=request.params.get("tau", 4))
-    return calibrate(graph, x, **kwargs)
+    return calibrate(graph, x, request.options(), **kwargs)
 
 
 def convert_record(snn, output) -> dict:

@@ -12,7 +12,6 @@ command actually uses these options (or shows its ``--help``).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import click
@@ -26,61 +25,23 @@ RESET_CHOICES = ("subtract", "zero")
 
 
 # --------------------------------------------------------------------------- the registry
-@dataclass(frozen=True)
-class _Param:
-    default: object
-    minimum: object = None
-    maximum: object = None
-
-
-@dataclass(frozen=True)
-class _Model:
-    """Stand-in for :class:`evsim.neurons.NeuronModel` until the registry exists."""
-
-    name: str
-    cli_name: str
-    params: dict = field(default_factory=dict)
-    resets: tuple = ()
-    doc: str = ""
-
-
-_BUILTIN = (
-    _Model("if", "if", {}, ("subtract", "zero"), "integrate-and-fire, soft reset (zero reset for comparison)"),
-    _Model("signed_if", "signed-if", {}, (), "signed IF (Fast-SNN): spikes of either sign"),
-    _Model("gn", "gn", {"tau": _Param(4, 1, 1024)}, (), "Group Neurons: tau members, counts 0..tau"),
-)
-
-
 def models() -> list:
     """Every available neuron model (built-ins and installed plugins)."""
-    try:
-        from evsim.neurons import available_models
-    except ImportError:  # before the registry (issue 11) lands: the three built-ins
-        return list(_BUILTIN)
+    from evsim.neurons import available_models
+
     return list(available_models())
 
 
 def find_model(name: str):
-    """The model whose CLI name (or file name) is ``name``; ``click.BadParameter`` otherwise."""
-    for model in models():
-        if name in (model.cli_name, model.name):
-            return model
+    """The model whose CLI name (or file name) is ``name``; ``click.BadParameter`` otherwise
+    (the registry's message says how to install or register a plugin)."""
+    from evsim.errors import EvsimError
+    from evsim.neurons import get_model
+
     try:
-        from evsim.neurons import get_model  # loads entry points on a miss; its message names the plugin
-    except ImportError:
-        get_model = None
-    if get_model is not None:
-        from evsim.errors import EvsimError
-
-        try:
-            return get_model(name)
-        except EvsimError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--neuron'") from None
-    raise click.BadParameter(f"{name!r} is not a neuron model; available: {_names()}", param_hint="'--neuron'")
-
-
-def _names() -> str:
-    return ", ".join(m.cli_name for m in models())
+        return get_model(name)
+    except EvsimError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--neuron'") from None
 
 
 def _param_default(param):
@@ -131,10 +92,22 @@ class _RegistryHelpOption(click.Option):
         if record is None:
             return None
         try:
-            listing = "; ".join(f"{m.cli_name}: {m.doc.splitlines()[0] if m.doc else m.name}" for m in models())
-        except Exception:  # noqa: BLE001 - help must show even if a plugin is broken
-            listing = "if, signed-if, gn"
+            listing = ", ".join(_summary(m) for m in models())
+        except Exception as exc:  # noqa: BLE001 - help must show even if a plugin is broken
+            listing = f"(the registry could not be read: {exc})"
         return record[0], f"{record[1]} Models: {listing}."
+
+
+def _summary(model) -> str:
+    """``gn (tau 1..1024, default 4)``, ``if (--reset subtract|zero)``."""
+    details = []
+    for name, param in model.params.items():
+        lo, hi = _param_bounds(param)
+        bounds = f" {lo}..{hi}" if lo is not None and hi is not None else ""
+        details.append(f"{name}{bounds}, default {_param_default(param)}")
+    if model.resets:
+        details.append("--reset " + "|".join(model.resets))
+    return model.cli_name + (f" ({'; '.join(details)})" if details else "")
 
 
 def neuron_options(func):
@@ -145,7 +118,7 @@ def neuron_options(func):
         click.option("--neuron-param", "neuron_params", multiple=True, metavar="NAME=VALUE",
                      help="A parameter of the chosen model, e.g. tau=8 for gn (repeatable)."),
         click.option("--tau", type=str, default=None, metavar="N",
-                     help="Shorthand for --neuron-param tau=N (gn: members per Group Neuron, 1..1024, default 4)."),
+                     help="Shorthand for --neuron-param tau=N (models with a tau parameter: Group Neurons' members)."),
         click.option("--v0", "v0", type=click.Choice(V0_CHOICES), default=None,
                      help="Initial potential: half a payload unit (OPI, default) or zero."),
         click.option("--reset", type=click.Choice(RESET_CHOICES), default=None,
@@ -181,14 +154,7 @@ class NeuronRequest:
         """The :class:`evsim.ConversionOptions` to convert with."""
         from evsim.convert import ConversionOptions
 
-        names = {f.name for f in dataclasses.fields(ConversionOptions)}
-        if "params" in names:  # the registry API (issue 11)
-            return ConversionOptions(neuron=self.model.name, v0=self.v0, reset=self.reset,
-                                     params=dict(self.params) or None)
-        kwargs = {"neuron": self.model.name, "v0": self.v0 or "half", "reset": self.reset or "subtract"}
-        if "tau" in self.params:
-            kwargs["tau"] = self.params["tau"]
-        return ConversionOptions(**kwargs)
+        return ConversionOptions(neuron=self.model.name, v0=self.v0, reset=self.reset, params=dict(self.params) or None)
 
     def describe(self) -> str:
         """E.g. ``gn (tau=8)`` or ``if (v0 zero, reset zero)``."""

@@ -126,9 +126,14 @@ def warm_up_steps() -> list[tuple[str, Callable[[], None]]]:
     from .compile import compile_network
     from .engine import PRECISIONS, Simulator
 
+    from .neurons import available_models
+
     steps = []
-    variants = (("if", ConversionOptions("if")), ("if, zero reset", ConversionOptions("if", reset="zero")),
-                ("gn", ConversionOptions("gn")), ("signed-if", ConversionOptions("signed_if")))
+    variants = []  # every registered model (plugins included), with each of its reset rules
+    for model in available_models():
+        for reset in model.resets or (None,):
+            label = model.cli_name + (f", reset {reset}" if reset else "")
+            variants.append((label, ConversionOptions(model.name, reset=reset)))
     for net_name, ann in zip(("image network", "vector network"), _tiny_anns()):
         x = np.random.default_rng(1).random((2,) + tuple(ann.input.shape))
         for label, options in variants:

@@ -11,7 +11,6 @@ import os
 import re
 import shlex
 import signal
-import stat
 import subprocess
 import sys
 import threading
