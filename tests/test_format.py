@@ -522,6 +522,7 @@ def test_contract_example_mnist(tmp_path):
     assert summarize(g)["totals"] == {
         "macs": 8 * 24 * 24 * 25 + 32 * 1152 + 10 * 32,
         "params": 8 * 25 + 8 + 8 + 32 * 1152 + 32 + 10 * 32,
+        "trainable": 8 * 25 + 8 + 8 + 32 * 1152 + 32 + 10 * 32,  # no batchnorm: every element is trained
         "neurons": 8 * 24 * 24 + 32,
     }
     x = np.full((1, 1, 28, 28), 255.0)
