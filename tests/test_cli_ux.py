@@ -473,3 +473,43 @@ def test_error_lines_are_cut(tmp_path):
     result = invoke("inspect", path)
     line = errors(result.stderr)[0]
     assert result.exit_code == 1 and len(line) < 1100 and line.endswith("more characters)")
+
+
+# --------------------------------------------------------------------------- issue 11: registry-driven options
+PLUGIN = '''
+import numba
+import evsim
+
+
+@numba.njit
+def step(v, current, theta, gain):
+    h = v + gain * current
+    s = 1 if h >= theta else 0
+    return h - s * theta, s
+
+
+def register():
+    evsim.register_neuron("gainif", step, params={"gain": 2.0}, doc="h = v + gain x")
+'''
+
+
+def test_plugin_model_from_an_entry_point_is_a_cli_choice(tmp_path):
+    site = tmp_path / "site"
+    (site / "gainif_cli_plugin").mkdir(parents=True)
+    (site / "gainif_cli_plugin" / "__init__.py").write_text(PLUGIN)
+    info = site / "gainif_cli_plugin-1.0.dist-info"
+    info.mkdir()
+    info.joinpath("METADATA").write_text("Metadata-Version: 2.1\nName: gainif-cli-plugin\nVersion: 1.0\n")
+    info.joinpath("entry_points.txt").write_text("[evsim.neurons]\ngainif = gainif_cli_plugin:register\n")
+    env = {"PYTHONPATH": str(site)}
+    assert "gainif (gain, default 2.0)" in " ".join(cli("run", "--help", env=env).stdout.split())
+    done = cli("run", QCFS, "--data", TEST, *SMALL, "--neuron", "gainif", "--neuron-param", "gain=1.5", "--json",
+               env=env)
+    assert done.returncode == 0, done.stderr
+    conversion = json.loads(done.stdout)["settings"]["conversion"]
+    assert conversion["neuron"] == "gainif" and conversion["gain"] == 1.5
+    for extra, words in ((["--neuron-param", "gain=x"], "gain=x: gain of --neuron gainif must be a finite number"),
+                         (["--reset", "zero"], "--reset zero does not apply to --neuron gainif"),
+                         (["--tau", "4"], "--tau 4 does not apply to --neuron gainif")):
+        done = cli("run", QCFS, "--data", TEST, *SMALL, "--neuron", "gainif", *extra, env=env)
+        assert done.returncode == 2 and words in done.stderr, done.stderr
