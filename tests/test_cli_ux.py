@@ -195,12 +195,18 @@ def test_warmup_counts_compiled_and_cached_truthfully(tmp_path):
     assert re.search(r"nothing to compile: loaded all \d+ kernel specialisation\(s\) from the cache", second.stdout)
 
 
-def test_warmup_in_one_process_compiles_nothing_twice():
-    from evsim.warmup import warm_up
+def test_warmup_reports_per_kernel_and_never_claims_a_compile_it_did_not_do(monkeypatch):
+    import evsim.warmup
 
-    warm_up()
-    again = warm_up()
-    assert again.compiled == 0 and again.loaded == 0 and again.kernels == {}
+    steps = evsim.warmup.warm_up_steps()
+    assert len(steps) == 2 * 2 * sum(len(m.resets) or 1 for m in evsim.neurons.available_models())
+    monkeypatch.setattr(evsim.warmup, "warm_up_steps", lambda: steps[:2])
+    first = invoke("warmup", "-v")
+    assert first.exit_code == 0, first.output
+    assert re.search(r"\[1/2\] image network, if, reset subtract, float32", first.stderr)
+    again = invoke("warmup")
+    assert again.exit_code == 0
+    assert again.stdout.startswith("nothing to compile: every kernel was already loaded in this process")
 
 
 # --------------------------------------------------------------------------- 4. interrupts
