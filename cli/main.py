@@ -477,7 +477,7 @@ def _threshold_ok(text: str) -> None:
         raise click.BadParameter(str(exc), param_hint="'--threshold'") from None
 
 
-def _calibrate(graph, x, request: NeuronRequest, p: dict):
+def _calibrate(graph, x, request: NeuronRequest, p: dict, progress=None):
     """The calibration call (one place, so the calibrate() signature lives here only)."""
     from evsim.converters.calibration import calibrate
 
@@ -488,7 +488,7 @@ def _calibrate(graph, x, request: NeuronRequest, p: dict):
         kwargs["data_samples"] = p["data_samples"]
     if p["keep_lambda"]:
         kwargs["override_qcfs"] = False
-    return calibrate(graph, x, request.options(), **kwargs)
+    return calibrate(graph, x, request.options(), progress=progress, **kwargs)
 
 
 def convert_record(snn, output) -> dict:
@@ -590,8 +590,14 @@ def convert(ctx, **p):
         x, _ = read_inputs(p["calib_data"], graph, p["calib_samples"], labels=False, option="--calib-samples")
     if p["potential"] == "data" or p["bias_calibration"]:
         _watch_jit(console)
-    with console.task("calibrating and converting" if x is not None else "converting"):
-        snn = _calibrate(graph, x, request, p)
+    label = "calibrating and converting" if x is not None else "converting"
+    with console.task(label) as task:
+        def progress(what: str):
+            task.label = f"{label}: {what}"
+            console.detail(what)
+            interrupt.checkpoint()
+
+        snn = _calibrate(graph, x, request, p, progress)
     interrupt.checkpoint()
     with console.task(f"writing {output}"):
         evsim.save(snn, output)

@@ -153,6 +153,17 @@ def test_status_line_on_a_terminal_and_silenced_by_q():
     assert "simulating: done in" in verbose.stderr and "Numba compiled" in verbose.stdout
 
 
+def test_calibration_reports_progress_per_layer(tmp_path):
+    result = invoke("convert", RELU, "-o", tmp_path / "s.h5", "--threshold", "max", "--calib-data", CALIB,
+                    "--calib-samples", 20, "--potential", "data", "-T", 2, "--data-samples", 8, "-v")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert "threshold statistics: 20/20 samples" in lines
+    assert [line for line in lines if line.startswith("potential calibration")] == [
+        f"potential calibration at T=2: layer {name} ({i}/4)"
+        for i, name in enumerate(["act1", "act2", "res_act1", "res_act2"], 1)]
+
+
 def test_compilation_is_announced_and_checked_for_interrupts():
     import numba
 
