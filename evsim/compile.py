@@ -73,7 +73,11 @@ def compose_path(chain, source_shape, structural: bool = False):
     op = identity(source_shape)
     for item in chain:
         node, index = item if isinstance(item, tuple) else (item, 0)
-        op = OPS[node.op].compose(op, node, structural, index)
+        compose = OPS[node.op].compose
+        if compose is None:  # e.g. max pooling of the analog input: not linear, the executor evaluates it
+            raise ConversionError(describe(f"node '{node.name}'", "an op that composes into a projection",
+                                           repr(node.op)))
+        op = compose(op, node, structural, index)
     return op
 
 
@@ -550,7 +554,7 @@ def compile_network(graph: Graph) -> Network:
             elif target not in forward_inputs:
                 try:  # the analog input is a source whose payload is the (preprocessed) value
                     from_input.append(_projection(source, target, chain, input_shape, np.ones(input_shape[0])))
-                except ConversionError:  # composition over the memory limit: the NumPy executor does it
+                except ConversionError:  # over the memory limit, or not linear (max pooling): the executor does it
                     forward_inputs.append(target)
         if target not in forward_inputs:
             network.input_projections += from_input
