@@ -230,39 +230,37 @@ class ConvProjection(Projection):
 
 
 @dataclass
-class DiagonalProjection(Projection):
-    """Same shape, neuron n feeds neuron n with ``weight[n]`` (e.g. a residual shortcut)."""
+class _WeightProjection(Projection):
+    """A projection whose kernel takes one weight array: ``K.<scatter>(events, weight, current)``."""
 
     weight: np.ndarray = None
 
-    kind = "diagonal"
+    scatter = ""
 
     def prepare(self, cast):
         from . import _kernels as K
 
-        weight = cast(self.weight)
+        kernel, weight = getattr(K, self.scatter), cast(self.weight)
 
         def scatter(ev_idx, ev_cnt, nev, current):
-            K.scatter_diagonal(ev_idx, ev_cnt, nev, weight, current)
+            kernel(ev_idx, ev_cnt, nev, weight, current)
         return scatter, (weight,)
 
 
 @dataclass
-class DenseProjection(Projection):
+class DiagonalProjection(_WeightProjection):
+    """Same shape, neuron n feeds neuron n with ``weight[n]`` (e.g. a residual shortcut)."""
+
+    kind = "diagonal"
+    scatter = "scatter_diagonal"
+
+
+@dataclass
+class DenseProjection(_WeightProjection):
     """A dense matrix ``weight`` (N_src, N_dst)."""
 
-    weight: np.ndarray = None
-
     kind = "dense"
-
-    def prepare(self, cast):
-        from . import _kernels as K
-
-        weight = cast(self.weight)
-
-        def scatter(ev_idx, ev_cnt, nev, current):
-            K.scatter_dense(ev_idx, ev_cnt, nev, weight, current)
-        return scatter, (weight,)
+    scatter = "scatter_dense"
 
 
 @dataclass
