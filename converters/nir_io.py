@@ -450,7 +450,10 @@ class _Importer:
         if len(shapes) != 1:
             raise GraphError(describe(self.where(name), "edges into it of one shape (they are summed)",
                                       ", ".join(f"{s} {self.shape[self.value[s]]}" for s in sources)))
-        return self.emit(f"{name}.sum", "add", values, shape=self.shape[values[0]])
+        node = self.flat.nodes.get(name)
+        given = _evsim_meta(node).get("sum") if node is not None else None
+        base = given if isinstance(given, str) and given else f"{name}.sum"
+        return self.emit(base, "add", values, shape=self.shape[values[0]])
 
 
 def _evsim_meta(node) -> dict:
@@ -618,7 +621,7 @@ def _imp_if(im: _Importer, name: str, node, x: str, shape: tuple) -> str:
     if im.v0 == "half":
         v0 = _compact(thr / 2)
     elif im.v0 is None and isinstance(md, dict) and "evsim_v0" in md:  # written by evsim: as it was
-        v0 = _float_array(md["evsim_v0"], where, "metadata evsim_v0").reshape(meta.get("v0_shape", ()) or -1)
+        v0 = _float_array(md["evsim_v0"], where, "metadata evsim_v0").reshape(tuple(meta.get("v0_shape", [-1])))
     else:
         v0 = np.zeros((), thr.dtype)
     base = name
@@ -953,6 +956,11 @@ class _Builder:
         return self.out[name]
 
     def connect(self, node: Node, key: str) -> None:
+        adds = [x for x in node.inputs if x != "input" and self.ex.by_name[x].op == "add"]
+        if len(node.inputs) == 1 and adds:  # keep the add's name: evsim re-creates it on import
+            n = self.nodes[key]
+            info = json.loads((n.metadata or {}).get("evsim", "{}"))
+            n.metadata = {**(n.metadata or {}), "evsim": json.dumps({**info, "sum": adds[0]})}
         for x in node.inputs:
             for s in self.sources(x, node.name):
                 if (s, key) in self.edges:

@@ -729,3 +729,38 @@ def nir_reference(graph, frames, reset="subtract", v0_half=False, T=None):
         acc = step.copy() if acc is None else acc + step
         predictions[:, t] = acc.argmax(axis=1)
     return {"counts": {k: np.stack(v) for k, v in counts.items()}, "output": acc, "predictions": predictions}
+
+
+def simulate_reference_frames(graph, frames, T):
+    """Dense reference of an evsim SNN graph driven by event frames, in float64.
+
+    ``frames`` (B, T_data, *input.shape): frame t is the input value of step t (spike counts, no
+    preprocessing); steps t >= T_data get zeros. Returns the same dict as
+    :func:`simulate_reference` (no max-pooling gates here).
+    """
+    frames = np.asarray(frames, np.float64)
+    b, t_data = frames.shape[:2]
+    assert graph.input.scale is None and graph.input.mean is None and graph.input.std is None
+    state = {}
+    for n in graph.nodes:
+        assert n.op != "maxpool2d", "no gates in this reference"
+        if n.op == "neuron":
+            v0 = _broadcast_channel(np.asarray(n.arrays["v0"], np.float64), (b,) + n.shape)
+            state[n.name] = {"v": np.broadcast_to(v0, (b,) + n.shape).astype(np.float64),
+                             "net": np.zeros((b,) + n.shape, np.int64)}
+    counts = {n.name: np.zeros((T, b) + n.shape, np.int64) for n in graph.nodes if n.op == "neuron"}
+    acc = np.zeros((b, int(np.prod(graph.node(graph.output).shape))))
+    predictions = np.zeros((b, T), np.int64)
+    for t in range(T):
+        values = {"input": frames[:, t] if t < t_data else np.zeros_like(frames[:, 0])}
+        for n in graph.nodes:
+            ins = [values[i] for i in n.inputs]
+            if n.op == "neuron":
+                s = _neuron_ref(n, state[n.name]["v"] + ins[0], state[n.name])
+                counts[n.name][t] = s
+                values[n.name] = s * _broadcast_channel(_unit(n), s.shape)
+            else:
+                values[n.name] = _linear_op(n, ins)
+        acc += values[graph.output].reshape(b, -1)
+        predictions[:, t] = acc.argmax(axis=1)
+    return {"predictions": predictions, "counts": counts, "output": acc}
