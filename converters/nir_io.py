@@ -64,44 +64,42 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # =========================================================================================
 # the neuron model
 # =========================================================================================
-@numba.njit(cache=True)
+@numba.njit(nogil=True, cache=True, error_model="numpy")
 def nir_if_step(v, current, theta, r, v_reset, inclusive, reset_zero):
     """One step of NIR's IF neuron (dt = 1): ``h = v + r*I``; spike if ``h > θ`` (``>=`` if
-    ``inclusive``); then ``v = h - θ`` or ``v = v_reset``.  Returns ``(new_v, count)``."""
+    ``inclusive``); then ``v = h - θ``, or ``v = v_reset`` with ``reset_zero``.  Branch-free
+    selects, like the built-in IF step, so the kernel's update loop vectorises."""
     h = v + r * current
-    if inclusive:
-        spike = h >= theta
-    else:
-        spike = h > theta
-    if spike:
-        if reset_zero:
-            return v_reset, 1
-        return h - theta, 1
-    return h, 0
+    spike = (h >= theta) if inclusive else (h > theta)
+    after = v_reset if reset_zero else h - theta
+    return (after if spike else h), (1 if spike else 0)
 
 
-def register(replace: bool = False):
-    """Register ``nir_if`` with evsim's neuron registry (idempotent); returns the model.
+def register():
+    """Register ``nir_if`` with evsim's neuron registry (once); returns the model.
 
-    Called when this module is imported and by the ``evsim.neurons`` entry point.
+    Runs when this module is imported; the entry point ``evsim.neurons: nir_if`` names it,
+    so an SNN file with ``nir_if`` neurons loads in a fresh process.
     """
     from evsim import neurons
 
-    try:
-        return neurons.get_model(NIR_MODEL) if not replace else None
-    except Exception:  # noqa: BLE001 - not registered yet
-        pass
+    model = neurons.MODELS.get(NIR_MODEL)
+    if model is not None:
+        return model
     return neurons.register_neuron(
-        NIR_MODEL, nir_if_step, params={"r": 1.0, "v_reset": 0.0, "inclusive": False}, v0="zero",
-        payload="one", resets=("subtract", "zero"), cli_name="nir-if",
-        doc="NIR's IF neuron (dt = 1): v += r*I, spike of 1 when v > v_threshold (inclusive: >=), "
-            "reset by subtraction or to v_reset; v starts at 0.", replace=replace)
+        NIR_MODEL, nir_if_step, params={
+            "r": neurons.Param(1.0, doc="input resistance: v += r*I"),
+            "v_reset": neurons.Param(0.0, doc="potential after a spike with reset 'zero'"),
+            "inclusive": neurons.Param(False, doc="fire at v >= θ (evsim's rule) instead of NIR's v > θ"),
+        }, v0="zero", payload="one", resets=("subtract", "zero"), cli_name="nir-if",
+        doc="NIR IF (dt = 1): h = v + r·I; spike (payload 1) if h > θ (inclusive: h >= θ); "
+            "v = h - θ, or v = v_reset with reset 'zero'; v0 = 0")
 
 
 def _try_register():
     try:
         register()
-    except ImportError:  # an evsim without the neuron registry: import still works
+    except ImportError:  # an evsim without the neuron registry (before issue 11): import still works
         pass
 
 
