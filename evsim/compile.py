@@ -37,6 +37,7 @@ import scipy.sparse as sp
 from .ann import forward
 from .errors import ConversionError, describe
 from .graph import Graph, memory_limit, node_macs
+from .neurons import get_model
 
 __all__ = ["Population", "Gate", "Projection", "Network", "compile_network", "ConvOp", "MatrixOp",
            "compose_path", "conv_matrix", "hwc_order", "to_engine_layout"]
@@ -308,23 +309,47 @@ def compose_path(chain, source_shape, structural: bool = False):
 class Population:
     """Neurons that replaced one activation node (same name).
 
-    ``theta`` is per channel; ``unit`` is the payload of one spike count (θ, or θ/τ
-    for Group Neurons); ``v0`` is per neuron in engine layout.
+    Attributes
+    ----------
+    model : str
+        Registered neuron model (:mod:`evsim.neurons`); ``params`` its scalar parameters,
+        ``reset`` its reset rule (None for models without one).
+    theta : ndarray (N,)
+        Threshold per neuron, engine layout.
+    unit : ndarray (C,)
+        Payload of one spike count per channel (θ, θ/τ for Group Neurons, 1 for
+        payload-one models), folded into the outgoing weights.
+    kernel_theta : ndarray (N,)
+        What the kernel receives as threshold (θ, or the payload unit for GN).
+    param_values : ndarray (P, N)
+        Every declared parameter per neuron, in declaration order.
+    v0 : ndarray (N,)
+        Initial potential per neuron, engine layout.
+    count_range : (int, int)
+        Smallest and largest count one neuron emits per step.
     """
 
     name: str
     model: str
-    reset: str
-    tau: int
+    params: dict
+    reset: str | None
     shape: Shape3
     theta: np.ndarray
     unit: np.ndarray
+    kernel_theta: np.ndarray
+    param_values: np.ndarray
     v0: np.ndarray
     input_node: str
+    count_range: tuple[int, int] = (0, 1)
 
     @property
     def size(self) -> int:
         return int(np.prod(self.shape))
+
+    @property
+    def tau(self) -> int:
+        """Group Neuron members (1 for other models)."""
+        return int(self.params.get("tau", 1))
 
 
 @dataclass
@@ -572,6 +597,27 @@ def _per_neuron(value: np.ndarray, shape: Shape3) -> np.ndarray:
     return np.ascontiguousarray(full.transpose(1, 2, 0).reshape(-1))
 
 
+def _population(node) -> Population:
+    """A neuron node as a population: parameters per neuron, in engine layout."""
+    model = get_model(node.attrs["model"], f"node '{node.name}'")
+    shape = _shape3(node.shape)
+    params = {k: node.attrs[k] for k in model.params if k in node.attrs}
+    threshold = node.arrays["threshold"].astype(np.float64)
+    theta = _per_neuron(threshold, shape)
+    if model.payload == "one":
+        unit = np.ones(shape[0])
+        kernel_theta = theta
+    else:  # θ is scalar or per channel here (validation): the payload folds into the weights per channel
+        unit = model.unit(np.broadcast_to(threshold, (shape[0],)).copy(), params)
+        kernel_theta = _per_neuron(unit, shape) if model.step_threshold == "unit" else theta
+    values = np.zeros((len(model.params), int(np.prod(shape))))
+    for i, (name, param) in enumerate(model.params.items()):
+        value = node.arrays[name] if name in node.arrays else np.asarray(float(node.attrs.get(name, param.default)))
+        values[i] = _per_neuron(value, shape)
+    return Population(node.name, model.name, params, node.attrs.get("reset"), shape, theta, unit, kernel_theta,
+                      values, _per_neuron(node.arrays["v0"], shape), node.inputs[0], model.count_range(params))
+
+
 def compile_network(graph: Graph) -> Network:
     """Compile a validated SNN graph (kind "snn") into a :class:`Network`.
 
@@ -593,13 +639,9 @@ def compile_network(graph: Graph) -> Network:
     gates: list[Gate] = []
     for node in graph.nodes:
         if kind[node.name] == "population":
-            shape = _shape3(node.shape)
-            tau = node.attrs.get("tau", 1)
-            theta = np.broadcast_to(node.arrays["threshold"].astype(np.float64), (shape[0],)).copy()
-            unit = theta / tau
-            populations.append(Population(node.name, node.attrs["model"], node.attrs.get("reset", "subtract"), tau,
-                                          shape, theta, unit, _per_neuron(node.arrays["v0"], shape), node.inputs[0]))
-            units[node.name] = unit
+            population = _population(node)
+            populations.append(population)
+            units[node.name] = population.unit
         elif kind[node.name] == "gate":
             parent = node.inputs[0]
             root = next((g.population for g in gates if g.name == parent), parent)

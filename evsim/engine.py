@@ -39,13 +39,12 @@ from .data_io import check_data
 from .errors import ConversionError, DataError, describe
 from .format import load
 from .graph import Graph
+from .neurons import NEGATIVE_THRESHOLD, get_model
 from .results import EnergyModel, LayerStats, Results
 
-__all__ = ["simulate", "Simulator", "PRECISIONS", "NEGATIVE_THRESHOLD"]
+__all__ = ["simulate", "Simulator", "PRECISIONS"]
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
-#: the signed IF neuron's negative threshold (methods.md 2.3, Fast-SNN)
-NEGATIVE_THRESHOLD = -1e-3
 #: a neuron kernel splits a population into parts so that there are about this many work
 #: items per thread (load balance), but no part is smaller than ``_MIN_PART`` neurons
 _ITEMS_PER_THREAD = 4
@@ -64,24 +63,41 @@ def _splits(items: int) -> int:
     return max(1, -(-_ITEMS_PER_THREAD * numba.get_num_threads() // items))
 
 
-def _run_if(pop, params, current, *out):
-    K.if_run(current, params.v0, params.param, pop.reset == "zero", *out)
+def _neuron_run(pop, cast) -> tuple[Callable, tuple]:
+    """The layer kernel of a population and its leading arguments (in the kernel's dtype).
+
+    The kernel factory builds it around the model's step; a model with a hand-written kernel
+    (signed IF) is called through :data:`HAND_WRITTEN`.
+    """
+    model = get_model(pop.model)
+    if model.kernel is not None:
+        return HAND_WRITTEN[model.kernel](pop, cast)
+    from ._kernels.factory import layer_kernel
+
+    step = model.step.resolve() if hasattr(model.step, "resolve") else model.step
+    kernel = layer_kernel(model.name, step, len(model.params), bool(model.resets))
+    lo, hi = pop.count_range
+    return kernel, (cast(pop.v0), cast(pop.kernel_theta), cast(pop.param_values), lo, hi, pop.reset == "zero")
 
 
-def _run_gn(pop, params, current, *out):
-    K.gn_run(current, params.v0, params.param, pop.tau, *out)
+def _call(kernel, leading):
+    def run(current, *out):
+        kernel(current, *leading, *out)
+    return run
 
 
-def _run_signed_if(pop, params, current, *out):
-    K.signed_if_run(current, params.v0, params.param, NEGATIVE_THRESHOLD, *out)
+def _signed_if(pop, cast):
+    theta = cast(pop.theta[:pop.shape[0]])  # per channel: signed IF thresholds are (validated) per channel
+    v0 = cast(pop.v0)
+
+    def run(current, *out):
+        K.signed_if_run(current, v0, theta, NEGATIVE_THRESHOLD, *out)
+    return run, ()
 
 
-#: neuron model -> (kernel call, which per-channel parameter the kernel takes)
-NEURON_RUNS: dict[str, tuple[Callable, str]] = {
-    "if": (_run_if, "theta"),
-    "gn": (_run_gn, "unit"),
-    "signed_if": (_run_signed_if, "theta"),
-}
+#: hand-written layer kernels by name (NeuronModel.kernel): only where a step function cannot express
+#: the model (signed IF keeps a net count per neuron)
+HAND_WRITTEN = {"signed_if_run": _signed_if}
 
 
 def _prepare_conv(proj: Projection, cast) -> tuple[Callable, tuple]:
@@ -141,12 +157,6 @@ SCATTERS: dict[str, Callable[[Projection, Callable], tuple[Callable, tuple]]] = 
 
 
 @dataclass
-class _NeuronParams:
-    param: np.ndarray  # per channel: theta, or theta/tau for Group Neurons
-    v0: np.ndarray  # per neuron
-
-
-@dataclass
 class _Stage:
     """One step of the plan: a population, a max-pooling gate, or the output."""
 
@@ -193,8 +203,10 @@ class Simulator:
         self.network = network
         self.dtype = np.dtype(dtype)
         cast = lambda a: np.ascontiguousarray(a, dtype=self.dtype)  # noqa: E731
-        self.params = {p.name: _NeuronParams(cast(getattr(p, NEURON_RUNS[p.model][1])), cast(p.v0))
-                       for p in network.populations}
+        self.neuron_runs = {}
+        for p in network.populations:
+            kernel, leading = _neuron_run(p, cast)
+            self.neuron_runs[p.name] = _call(kernel, leading) if leading else kernel
         self.scatters, self.weights = [], {}
         for i, proj in enumerate(network.projections):
             call, arrays = SCATTERS[proj.kind](proj, cast)
@@ -212,9 +224,9 @@ class Simulator:
         self.sizes.update({g.name: int(np.prod(g.out_shape)) for g in network.gates})
         self.sizes[network.output] = int(np.prod(network.output_shape))
         self.static_current = {name: cast(value)[None, :] for name, value in network.static_current.items()}
-        # one count dtype for all events: Group Neurons with tau > 127 need more than int8
-        max_count = max([p.tau for p in network.populations], default=1)
-        self.count_dtype = np.dtype(np.int8 if max_count <= np.iinfo(np.int8).max else np.int32)
+        # one count dtype for all events (buffers are shared): wide enough for every population
+        self.count_dtype = np.result_type(np.int8, *(get_model(p.model).count_dtype(p.params)
+                                                      for p in network.populations))
         self.stages = self._plan()
         self.buffers = _Buffers()
         self._bounds: dict[tuple, np.ndarray] = {}
@@ -380,8 +392,8 @@ class Simulator:
                 nev_parts = np.empty((b, T, n_parts), np.int64)
                 part_stats = np.empty((b, T, n_parts, 3), np.int64)
                 t0 = time.perf_counter()
-                NEURON_RUNS[p.model][0](p, self.params[p.name], current, bounds, self.fanout[p.name], ev_idx,
-                                        ev_cnt, nev_parts, part_stats, np.empty((0, stage.size), self.dtype))
+                self.neuron_runs[p.name](current, bounds, self.fanout[p.name], ev_idx, ev_cnt, nev_parts, part_stats,
+                                         np.empty((0, stage.size), self.dtype))
                 if n_parts > 1:
                     nev = np.empty((b, T), np.int64)
                     K.join_parts(ev_idx, ev_cnt, nev_parts, bounds, nev)

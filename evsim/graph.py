@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .errors import ArrayError, GraphError, ManifestError, ResourceLimitError, describe
+from .errors import ArrayError, ConversionError, GraphError, ManifestError, ResourceLimitError, describe
 
 __all__ = [
     "Node",
@@ -234,6 +234,10 @@ class OpSpec:
     macs: Callable[[Node, list[Shape], Shape], int] = lambda n, s, o: 0
     n_inputs: tuple[int, float] = (1, 1)
     kinds: frozenset = frozenset({"ann", "snn"})
+    #: custom attribute parsing (node, where) instead of ``attrs`` (neuron nodes: by model)
+    parse: Callable[[Node, str], None] | None = None
+    #: array roles (role -> required) that depend on the node's attributes
+    array_roles: Callable[[Node], Mapping[str, bool]] | None = None
 
 
 def _fail(where: str, expected: str, found: str, fix: str | None = None):
@@ -320,11 +324,66 @@ def _per_channel(shapes):
 
 
 def _infer_neuron(node: Node, shapes: list[Shape], where: str) -> Shape:
-    if node.attrs.get("model") == "gn" and "tau" not in node.attrs:
-        raise ManifestError(describe(where, "attribute 'tau' (members per group) for model 'gn'", "none"))
-    if node.attrs.get("model") != "gn" and "tau" in node.attrs:
-        raise ManifestError(describe(where, "'tau' only with model 'gn'", f"model {node.attrs.get('model')!r}"))
     return shapes[0]
+
+
+def _parse_neuron(node: Node, where: str) -> None:
+    """Attributes of a neuron node, checked against its model's registry record."""
+    from .neurons import get_model
+
+    attrs = dict(node.attrs)
+    if "model" not in attrs:
+        raise ManifestError(describe(where, "attribute 'model' (the neuron model)", "none"))
+    model = get_model(attrs.pop("model"), where)
+    parsed = {"model": model.name}
+    reset = attrs.pop("reset", None)
+    if model.resets:
+        if reset is not None and reset not in model.resets:
+            raise ManifestError(describe(f"{where}, attribute 'reset'", "one of " + ", ".join(map(repr, model.resets)),
+                                         _clip(repr(reset))))
+        parsed["reset"] = reset or model.resets[0]
+    elif reset is not None:
+        raise ManifestError(describe(f"{where}, attribute 'reset'", f"no reset for neuron model '{model.name}'",
+                                     _clip(repr(reset)), "remove it: this model has no reset option"))
+    scalars = {k: v for k, v in attrs.items() if k in model.params}
+    unknown = sorted(set(attrs) - set(scalars))
+    if unknown:
+        known = ", ".join(["model"] + (["reset"] if model.resets else []) + list(model.params))
+        raise ManifestError(describe(where, f"attributes of a '{model.name}' neuron ({known})",
+                                     _clip(", ".join(map(repr, unknown)))))
+    try:
+        values = model.resolve({k: v for k, v in scalars.items() if k not in node.arrays}, where)
+    except ConversionError as exc:
+        raise ManifestError(str(exc)) from None
+    for name, param in model.params.items():
+        if name in node.arrays:
+            continue
+        if name in scalars or not isinstance(param.default, bool):
+            parsed[name] = values[name]
+    node.attrs = parsed
+
+
+def _neuron_arrays(node: Node) -> dict[str, bool]:
+    from .neurons import get_model
+
+    model = get_model(node.attrs["model"])
+    roles = {"threshold": True, "v0": True}
+    roles.update({name: False for name, p in model.params.items() if not isinstance(p.default, bool)})
+    return roles
+
+
+def _neuron_array_shapes(node: Node, shapes):
+    from .neurons import get_model
+
+    model = get_model(node.attrs["model"])
+    per_neuron = [shapes[0]] if model.payload == "one" else []
+    allowed = {"threshold": _per_channel(shapes) + per_neuron, "v0": _per_channel(shapes) + [shapes[0]]}
+    allowed.update({name: _per_channel(shapes) + [shapes[0]] for name in model.params})
+    return allowed
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 _POOL_ATTRS = {
@@ -366,11 +425,8 @@ OPS: dict[str, OpSpec] = {
         OpSpec("add", _infer_add, n_inputs=(2, math.inf)),
         OpSpec(
             "neuron", _infer_neuron, arrays={"threshold": True, "v0": True},
-            attrs={"model": Attr("choice", required=True, choices=("if", "signed_if", "gn")),
-                   "tau": Attr("int", minimum=1),
-                   "reset": Attr("choice", "subtract", choices=("subtract", "zero"))},
-            array_shapes=lambda n, s: {"threshold": _per_channel(s), "v0": _per_channel(s) + [s[0]]},
-            kinds=frozenset({"snn"}),
+            array_shapes=_neuron_array_shapes, kinds=frozenset({"snn"}), parse=_parse_neuron,
+            array_roles=_neuron_arrays,
         ),
     ]
 }
@@ -488,6 +544,9 @@ def _check_preprocessing(graph: Graph, src: str) -> None:
 
 def _parse_attrs(node: Node, spec: OpSpec, where: str) -> None:
     """Check attribute names and values, normalise them and fill in defaults."""
+    if spec.parse is not None:
+        spec.parse(node, where)
+        return
     for key in node.attrs:
         if key not in spec.attrs:
             known = ", ".join(list(spec.attrs) + list(spec.arrays)) or "none"
@@ -506,12 +565,13 @@ def _parse_attrs(node: Node, spec: OpSpec, where: str) -> None:
 
 
 def _check_arrays(node: Node, spec: OpSpec, where: str) -> None:
-    for role, required in spec.arrays.items():
+    roles = spec.array_roles(node) if spec.array_roles else spec.arrays
+    for role, required in roles.items():
         if required and role not in node.arrays:
             raise ArrayError(describe(where, f"array attribute '{role}'", "none"))
     for role, arr in node.arrays.items():
-        if role not in spec.arrays:
-            raise ManifestError(describe(where, "array attributes among " + ", ".join(spec.arrays), repr(role)))
+        if role not in roles:
+            raise ManifestError(describe(where, "array attributes among " + ", ".join(roles), repr(role)))
         label = f"{where}, array '{node.array_name(role)}'"
         if not isinstance(arr, np.ndarray) or arr.dtype not in (np.float32, np.float64):
             found = f"dtype {arr.dtype}" if isinstance(arr, np.ndarray) else f"a {type(arr).__name__}, not an array"
