@@ -211,7 +211,7 @@ def shipped(name: str) -> str:
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="SNN file to write (.h5 or .npz).")
+              help="SNN file to write (.h5 or .npz), or a NIR graph (.nir, see docs/nir.md).")
 @neuron_options
 @click.option("--threshold", default=None,
               help="Thresholds from data: max, or a percentile such as p99.9 or p99.99 "
@@ -251,10 +251,18 @@ def convert(model, output, neuron, tau, v0, reset, threshold, channelwise, poten
         kwargs["data_samples"] = data_samples
     if keep_lambda:
         kwargs["override_qcfs"] = False
-    snn = calibrate(graph, x, threshold=threshold, channelwise=channelwise, potential=potential,
-                    bias_calibration=bias_calibration, T=T, calib_samples=calib_samples,
-                    include_zeros=include_zeros, **kwargs)
-    evsim.save(snn, output)
+    if graph.kind == "snn" and str(output).lower().endswith(".nir"):
+        snn = graph  # an SNN file to NIR: written as it is (its neuron options are fixed)
+    else:
+        snn = calibrate(graph, x, threshold=threshold, channelwise=channelwise, potential=potential,
+                        bias_calibration=bias_calibration, T=T, calib_samples=calib_samples,
+                        include_zeros=include_zeros, **kwargs)
+    if str(output).lower().endswith(".nir"):  # NIR export (docs/nir.md), needs the [nir] extra
+        from evsim.converters.nir_io import write_nir
+
+        write_nir(snn, output)
+    else:
+        evsim.save(snn, output)
     populations = sum(1 for n in snn.nodes if n.op == "neuron")
     click.echo(f"wrote {output}: {populations} neuron populations; calibration "
                f"{json.dumps(snn.metadata.get('calibration', {}), default=str)}")
