@@ -468,7 +468,20 @@ def _evsim_meta(node) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _imp_batchnorm(im: _Importer, name: str, node, x: str, shape: tuple) -> str | None:
+    """A BatchNorm that evsim wrote as a 1x1 Conv2d / diagonal Affine, restored from metadata."""
+    meta, md = _evsim_meta(node), getattr(node, "metadata", None) or {}
+    roles = ("mean", "var", "gamma", "beta")
+    if meta.get("op") != "batchnorm" or not all(f"evsim_{r}" in md for r in roles):
+        return None
+    arrays = {r: _float_array(md[f"evsim_{r}"], im.where(name), f"metadata evsim_{r}").reshape(-1) for r in roles}
+    return im.emit(name, "batchnorm", [x], {"eps": float(meta.get("eps", 1e-5))}, arrays, shape=shape)
+
+
 def _imp_conv(im: _Importer, name: str, node, x: str, shape: tuple) -> str:
+    restored = _imp_batchnorm(im, name, node, x, shape)
+    if restored is not None:
+        return restored
     where = im.where(name)
     if len(shape) != 3:
         raise GraphError(describe(where, "an input of shape (C, H, W)", f"{shape}"))
@@ -476,6 +489,14 @@ def _imp_conv(im: _Importer, name: str, node, x: str, shape: tuple) -> str:
     if weight.ndim != 4:
         raise GraphError(describe(where, "weight of shape (C_out, C_in/groups, kH, kW)", f"{weight.shape}"))
     groups = int(np.asarray(node.groups).reshape(-1)[0])
+    written = _evsim_meta(node).get("groups")
+    if groups == 1 and isinstance(written, int) and written > 1:  # evsim wrote a grouped conv densely
+        weight = _grouped(weight, written) if weight.shape[0] % written == 0 and \
+            weight.shape[1] % written == 0 else None
+        if weight is None:
+            raise GraphError(describe(where, f"a block-diagonal weight for the {written} groups its metadata names",
+                                      "other non-zero weights"))
+        groups = written
     stride, dilation = _pair(node.stride, where, "stride"), _pair(node.dilation, where, "dilation")
     declared = getattr(node, "input_shape", None)
     if declared is not None and tuple(_pair(declared, where, "input_shape")) != tuple(shape[1:]):
@@ -518,7 +539,18 @@ def _imp_conv(im: _Importer, name: str, node, x: str, shape: tuple) -> str:
                                          "groups": groups}, arrays, shape=(weight.shape[0], ho, wo))
 
 
+def _grouped(dense: np.ndarray, groups: int) -> np.ndarray | None:
+    """The grouped weight of a block-diagonal dense weight, or None if it has weights off the blocks."""
+    c_out, c_in = dense.shape[:2]
+    cog, cig = c_out // groups, c_in // groups
+    blocks = np.concatenate([dense[g * cog:(g + 1) * cog, g * cig:(g + 1) * cig] for g in range(groups)])
+    return blocks if np.count_nonzero(dense) == np.count_nonzero(blocks) else None
+
+
 def _imp_linear(im: _Importer, name: str, node, x: str, shape: tuple) -> str:
+    restored = _imp_batchnorm(im, name, node, x, shape)
+    if restored is not None:
+        return restored
     where = im.where(name)
     weight = _float_array(node.weight, where, "weight")
     if weight.ndim != 2:
@@ -1013,9 +1045,22 @@ def _folded(ex: _Exporter, node: Node, weight: np.ndarray) -> np.ndarray:
     return w * c_in[channel][:, :, None, None]
 
 
+def _dense_groups(weight: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped convolution's weight as the equivalent dense (groups = 1) weight, zeros off the blocks."""
+    c_out, cig, kh, kw = weight.shape
+    cog = c_out // groups
+    dense = np.zeros((c_out, cig * groups, kh, kw), weight.dtype)
+    for g in range(groups):
+        dense[g * cog:(g + 1) * cog, g * cig:(g + 1) * cig] = weight[g * cog:(g + 1) * cog]
+    return dense
+
+
 def _exp_conv(b: _Builder, node: Node) -> None:
     a = node.attrs
     weight = _folded(b.ex, node, node.arrays["weight"])
+    meta = None
+    if a["groups"] > 1:  # nir's type checks assume C_in = weight.shape[1]: write the dense equivalent
+        weight, meta = _dense_groups(weight, a["groups"]), {"groups": a["groups"]}
     bias = node.arrays.get("bias")
     bias = np.zeros(weight.shape[0], weight.dtype) if bias is None else bias
     in_shape = b.g.shape_of(node.inputs[0])
@@ -1026,8 +1071,8 @@ def _exp_conv(b: _Builder, node: Node) -> None:
     key = b.add(node.name, b.nir.Conv2d(input_shape=tuple(int(d) for d in in_shape[1:]) if padding != "same" else
                                         tuple(int(d) for d in b.g.shape_of(source.inputs[0])[1:]),
                                         weight=weight, stride=tuple(a["stride"]), padding=padding,
-                                        dilation=tuple(a["dilation"]), groups=int(a["groups"]), bias=bias),
-                evsim_name=node.name)
+                                        dilation=tuple(a["dilation"]), groups=1, bias=bias),
+                meta, evsim_name=node.name)
     if padding == "same":
         b.connect(source, key)
     else:
@@ -1123,12 +1168,14 @@ def _exp_batchnorm(b: _Builder, node: Node) -> None:
     scale = p["gamma"] / np.sqrt(p["var"] + node.attrs["eps"])
     shift = p["beta"] - p["mean"] * scale
     shape = b.g.shape_of(node.name)
-    if len(shape) == 3:
-        n = b.nir.Conv2d(input_shape=tuple(shape[1:]), weight=scale.reshape(-1, 1, 1, 1), stride=(1, 1),
-                         padding=(0, 0), dilation=(1, 1), groups=shape[0], bias=shift)
+    if len(shape) == 3:  # a depthwise 1x1 convolution, written densely (see _exp_conv)
+        n = b.nir.Conv2d(input_shape=tuple(shape[1:]), weight=np.diag(scale)[:, :, None, None], stride=(1, 1),
+                         padding=(0, 0), dilation=(1, 1), groups=1, bias=shift)
     else:
         n = b.nir.Affine(weight=np.diag(scale), bias=shift)
-    key = b.add(node.name, n, {"op": "batchnorm"}, evsim_name=node.name)
+    key = b.add(node.name, n, {"op": "batchnorm", "eps": node.attrs["eps"]}, evsim_name=node.name)
+    for role in ("mean", "var", "gamma", "beta"):  # evsim reads the BatchNorm back as it was
+        n.metadata[f"evsim_{role}"] = np.atleast_1d(p[role])
     b.connect(node, key)
     b.out[node.name] = [key]
 
