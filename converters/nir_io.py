@@ -789,10 +789,6 @@ def graph_from_nir(graph, source: str = "<nir>", reset: str | None = None, v0: s
 # =========================================================================================
 # export
 # =========================================================================================
-#: nodes a spike may pass before its payload is folded (composing them keeps the fold exact)
-_PASS = {"flatten", "avgpool2d", "global_avgpool"}
-#: nodes that receive a spike's value as it is: the payload goes on the edge as a Scale
-_MERGE = {"add", "neuron"}
 
 
 def _pow2(x: float) -> bool:
@@ -818,47 +814,73 @@ class _Exporter:
     def shape(self, name):
         return tuple(self.g.shape_of(name))
 
+    def exact_scaling(self, node: Node) -> bool:
+        """Whether composing ``node`` only adds, or scales every path by a power of two with no sums
+        (flatten, add, non-overlapping pools whose 1/area is a power of two): such nodes commute with
+        a product exactly, so θ may be applied before or after them."""
+        if node.op in ("flatten", "add"):
+            return True
+        if node.op == "global_avgpool":
+            return _pow2(1.0 / _pool_area(node, self.shape(node.inputs[0])))
+        if node.op in ("avgpool2d", "sumpool2d"):
+            non_overlapping = node.attrs["stride"] == node.attrs["kernel"]
+            return non_overlapping and (node.op == "sumpool2d" or _pow2(1.0 / _pool_area(node, None)))
+        return False
+
+    def paths(self, name: str, merged: bool = False):
+        """Every path from node ``name`` to the next population or the output, as a list of
+        (weighted nodes, whether a merge came before the first of them)."""
+        node = self.by_name[name]
+        if node.op == "neuron":
+            return [([], False)]
+        weighted = [] if self.exact_scaling(node) else [(node, merged)]
+        merged = merged or node.op == "add"
+        ends = [([], False)] if name == self.g.output else []
+        for user in self.users.get(name, []):
+            ends += self.paths(user.name, merged)
+        return [(weighted + w, m) for w, m in ends] if ends else [(weighted, merged)]
+
     def plan(self, pop: Node, theta_c: np.ndarray | None) -> None:
-        """Decide where population ``pop``'s payload θ goes."""
+        """Decide where population ``pop``'s payload θ goes, so that the engine's weights of the NIR
+        graph equal ``composed weight × θ`` of the original bit for bit.
+
+        The engine multiplies a path's composed weight by θ at the end.  Per consumer of ``pop``: if
+        every path from it reaches exactly one weighted node, a Conv2d/Affine before any merge, θ is
+        folded into those weights (one product ``w·θ``, the rest exact scalings); if every path has at
+        most one weighted node, a Scale(θ) goes on the edge (again one product with θ); otherwise the
+        population keeps a Scale(θ) after it that evsim fuses back into the neuron on import.
+        """
         if theta_c is None:
             self.payload.add(pop.name)
             return
         folds, edges = {}, {}
+        full = np.broadcast_to(theta_c.reshape(-1, 1, 1), pop.shape) if len(pop.shape) == 3 else \
+            np.broadcast_to(theta_c, pop.shape)
+        for user in self.users.get(pop.name, []):
+            paths = self.paths(user.name)
+            counts = [len(w) for w, _ in paths]
+            if max(counts, default=0) > 1:
+                self.payload.add(pop.name)
+                return
+            foldable = all(c == 1 and w[0][0].op in ("conv2d", "linear") and not w[0][1] for c, (w, _) in
+                           zip(counts, paths))
+            if foldable:
+                for w, _ in paths:
+                    target = w[0][0]
+                    shape = self.shape(target.inputs[0])
+                    folds[target.name] = _factors(theta_c, shape)
+            else:
+                edges[(pop.name, user.name)] = full
+        self.fold.update(folds)
+        self.edge_scale.update(edges)
 
-        def factors(name):
-            shape = self.shape(name)
-            if len(shape) == 3:
-                return np.broadcast_to(theta_c.reshape(-1, 1, 1), shape)
-            return np.broadcast_to(theta_c, shape) if theta_c.size == shape[0] else None
 
-        def walk(name, flat_factors):
-            f = flat_factors if flat_factors is not None else factors(name)
-            if f is None:
-                return False
-            targets = list(self.users.get(name, []))
-            if name == self.g.output:
-                edges[(name, "<output>")] = f
-            for user in targets:
-                if user.op in ("conv2d", "linear"):
-                    folds[user.name] = f
-                elif user.op in _MERGE:
-                    edges[(name, user.name)] = f
-                elif user.op in _PASS and _pow2(1.0 / _pool_area(user, self.shape(name)) if user.op != "flatten"
-                                                else 1.0):
-                    nxt = np.asarray(f).reshape(-1) if user.op == "flatten" else None
-                    if user.op == "global_avgpool":
-                        nxt = np.asarray(f)[:, 0, 0]
-                    if not walk(user.name, nxt):
-                        return False
-                else:
-                    return False
-            return True
-
-        if walk(pop.name, None):
-            self.fold.update(folds)
-            self.edge_scale.update(edges)
-        else:
-            self.payload.add(pop.name)
+def _factors(theta_c: np.ndarray, shape) -> np.ndarray:
+    """θ per element of a (C, H, W) value, or per feature of its flattening (F = C·H·W, channels first)."""
+    if len(shape) == 3:
+        return np.broadcast_to(theta_c.reshape(-1, 1, 1), shape)
+    c = theta_c.size
+    return np.repeat(theta_c, shape[0] // c) if shape[0] % c == 0 else None
 
 
 def _theta_per_channel(node: Node, shape) -> np.ndarray | None:
