@@ -30,6 +30,7 @@ import numpy as np
 
 from evsim.ann import forward
 from evsim.convert import ConversionOptions, convert
+from evsim.ops import OPS
 from evsim.data_io import check_data
 from evsim.errors import CalibrationError, ConversionError, describe
 from evsim.graph import Graph, Node, validate
@@ -487,17 +488,6 @@ def _channel(param: np.ndarray, ndim: int) -> np.ndarray:
     return param.reshape((1, -1) + (1,) * (ndim - 2)) if param.ndim == 1 else param
 
 
-#: ops whose output moves by exactly δ_c when one input moves by δ_c (per channel)
-_TRANSPARENT: dict[str, Callable[[Node], bool]] = {
-    "add": lambda n: True,
-    "global_avgpool": lambda n: True,
-    "maxpool2d": lambda n: True,  # max(z + δ) = max(z) + δ (padding is -inf)
-    "avgpool2d": lambda n: tuple(n.attrs["padding"]) == (0, 0),  # zero padding would dilute δ at borders
-}
-#: ops with a per-channel additive parameter, and its role
-_BIASED: dict[str, str] = {"conv2d": "bias", "linear": "bias", "batchnorm": "beta"}
-
-
 def _bias_target(snn: Graph, name: str) -> tuple[Node, str]:
     """The node (and array role) whose per-channel shift moves population ``name``'s input.
 
@@ -516,12 +506,13 @@ def _bias_target(snn: Graph, name: str) -> tuple[Node, str]:
             node = snn.node(src)
             if len(users[src]) != 1:
                 continue  # shifting it would also move its other consumers
-            if node.op in _BIASED:
+            spec = OPS[node.op]
+            if spec.bias_role is not None:
                 found.append(node)
-            elif node.op in _TRANSPARENT and _TRANSPARENT[node.op](node):
+            elif spec.shift is not None and spec.shift(node):  # output moves by exactly δ_c with its input
                 following.extend(node.inputs)
         if len(found) == 1:
-            return found[0], _BIASED[found[0].op]
+            return found[0], OPS[found[0].op].bias_role
         if found:
             raise CalibrationError(describe(
                 where, "one closest conv2d/linear/batchnorm feeding it, for bias calibration",
@@ -551,7 +542,7 @@ def _snn_rate(snn: Graph, name: str, x: np.ndarray, T: int) -> np.ndarray:
     from evsim.engine import Simulator
 
     network = compile_network(_probe(snn, name))
-    counts = Simulator(network, np.float64).run_batch(x, T, record=(name,))[3][name]
+    counts = Simulator(network, np.float64).run_batch(x, T, record=(name,)).recorded[name]
     unit = network.population(name).unit
     return counts * _channel(unit, counts.ndim) / T
 
