@@ -379,3 +379,26 @@ def test_event_frames_equal_reference(seed, model, extra):
             np.testing.assert_array_equal(counts[name], rc, err_msg=name)
     np.testing.assert_array_equal(res.predictions, ref["predictions"])
     np.testing.assert_allclose(res.logits, ref["output"], rtol=1e-9, atol=1e-9)
+
+
+def test_simulate_event_frames_counts_input_sops(tmp_path):
+    """simulate(): T defaults to T_data, the input is a spike source whose SOPs replace the first
+    layer's MACs, and steps past the data are silent."""
+    rng = np.random.default_rng(2)
+    g = nir.NIRGraph.from_list(nir.Input(input_type=np.array([6])), nir.Linear(weight=dyadic(rng, (5, 6)) + 2),
+                               nir.IF(r=np.ones(5, np.float32), v_threshold=np.full(5, 1.5, np.float32)),
+                               nir.Affine(weight=dyadic(rng, (3, 5)), bias=np.zeros(3, np.float32)))
+    graph = nir_io.graph_from_nir(g)
+    x = rng.integers(0, 300, size=(4, 5, 6)).astype(np.int32)  # counts beyond int8
+    y = np.array([0, 1, 2, 0])
+    res = evsim.simulate(graph, x, y)
+    assert res.T == 5 and res.first_layer_macs == 0 and res.macs == 0
+    assert res.layers[0].name == "input"
+    assert res.layers[0].sops * 4 == x.sum() * 5  # every input event reaches the 5 neurons (no zero weight)
+    assert res.layers[0].spikes * 4 == x.sum()
+    longer = evsim.simulate(graph, x, y, T=8)
+    assert longer.layers[0].sops_per_step[5:] == [0, 0, 0]  # no input past the data
+    ref = nir_reference(g, x, T=8)
+    np.testing.assert_array_equal(longer.predictions, ref["predictions"])
+    with pytest.raises(evsim.errors.DataError, match="integer counts"):
+        evsim.simulate(graph, x + 0.5, y)
