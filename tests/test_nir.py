@@ -271,11 +271,13 @@ def test_missing_nir_package_is_a_clean_error(monkeypatch, tmp_path):
 
 # ------------------------------------------------------------------------------------ export
 def engine_weights(network):
-    """Every projection's kernel arrays by (source, target), as the engine multiplies them."""
+    """Every projection's fields by (source, target), as the engine uses them (the node path aside)."""
+    import dataclasses
+
     out = {}
     for p in network.projections + network.input_projections:
-        arrays = [a for a in (p.weight, p.data, p.indices, p.indptr) if a is not None]
-        out.setdefault((p.source, p.target), []).append((p.kind, p.geometry, p.pool, arrays))
+        fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name != "path"}
+        out.setdefault((p.source, p.target), []).append((type(p).__name__, fields))
     return out
 
 
@@ -283,10 +285,15 @@ def assert_same_network(a, b):
     wa, wb = engine_weights(a), engine_weights(b)
     assert wa.keys() == wb.keys()
     for key in wa:
-        for (ka, ga, pa, xa), (kb, gb, pb, xb) in zip(wa[key], wb[key]):
-            assert (ka, ga, pa) == (kb, gb, pb), key
-            for u, v in zip(xa, xb):
-                assert u.dtype == v.dtype and np.array_equal(u, v), key  # bit for bit
+        assert len(wa[key]) == len(wb[key]), key
+        for (ta, fa), (tb, fb) in zip(wa[key], wb[key]):
+            assert ta == tb and fa.keys() == fb.keys(), key
+            for name, u in fa.items():
+                v = fb[name]
+                if isinstance(u, np.ndarray):
+                    assert u.dtype == v.dtype and np.array_equal(u, v), (key, name)  # bit for bit
+                else:
+                    assert u == v, (key, name)
     for name in a.static_current:
         np.testing.assert_array_equal(a.static_current[name], b.static_current[name])
     assert [(p.name, p.size) for p in a.populations] == [(p.name, p.size) for p in b.populations]
