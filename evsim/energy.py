@@ -32,7 +32,7 @@ __all__ = [
     "EnergyModel", "register_energy_model", "get_energy_model", "available_energy_models",
     "load_energy_model", "DEFAULT_ENERGY_MODEL", "CountTable", "count_table", "counts_from",
     "estimate", "unit_energies", "register_neuron_cost", "SNN_TERMS", "ANN_TERMS", "SNN_COUNTERS", "ANN_COUNTERS",
-    "INPUT_ROW",
+    "INPUT_ROW", "resolve_models", "energy_report", "summary_lines",
 ]
 
 #: name of the model behind ``totals.energy_pj.snn`` / ``ann`` in reports (methods.md section 5)
@@ -597,3 +597,62 @@ def estimate(counts: CountTable, model: EnergyModel | str, layers=None, steps: i
     return {"model": model.name, "snn": snn, "ann": ann, "ratio": None if not ann else snn / ann,
             "breakdown": snn_b, "counts": snn_q, "unpriced": snn_missing,
             "ann_breakdown": ann_b, "ann_counts": ann_q, "ann_unpriced": ann_missing}
+
+
+# --------------------------------------------------------------------------- report and text
+def resolve_models(models) -> list[EnergyModel]:
+    """Models from names / ``"all"`` / :class:`EnergyModel` objects, duplicates dropped, order kept.
+
+    ``None`` or an empty sequence gives the default model.
+    """
+    if models is None or isinstance(models, (str, EnergyModel)):
+        models = [] if models is None else [models]
+    out: dict[str, EnergyModel] = {}
+    for item in models:
+        if isinstance(item, EnergyModel):
+            out.setdefault(item.name, item)
+        elif item == "all":
+            for m in available_energy_models():
+                out.setdefault(m.name, m)
+        else:
+            out.setdefault(item, get_energy_model(item))
+    return list(out.values()) or [get_energy_model(DEFAULT_ENERGY_MODEL)]
+
+
+def energy_report(counts: CountTable, models) -> dict:
+    """The report's ``totals.energy_pj``: ``snn``, ``ann``, ``snn_per_step`` of the first model, and ``by_model``.
+
+    ``by_model[name]`` = :func:`estimate` (without the repeated count fields) plus ``layers``
+    (row -> term -> pJ per sample) and the model's ``source``.
+    """
+    models = resolve_models(models)
+    by_model = {}
+    for model in models:
+        est = estimate(counts, model)
+        est.pop("model")
+        est["source"] = model.source
+        est["layers"] = {row: estimate(counts, model, layers=[row])["breakdown"] for row in counts.layers}
+        by_model[model.name] = est
+    first = by_model[models[0].name]
+    return {"snn": first["snn"], "ann": first["ann"],
+            "snn_per_step": [estimate(counts, models[0], steps=t)["snn"] for t in range(1, counts.T + 1)],
+            "model": models[0].name, "by_model": by_model}
+
+
+_TERM_LABELS = {"synops": "synops", "macs": "MACs", "spikes": "spikes", "events": "events",
+                "neuron_updates": "neuron updates", "memory_read": "memory read", "memory_write": "memory write"}
+
+
+def summary_lines(energy_pj: dict) -> list[str]:
+    """Text lines, one block per model: E_SNN, E_ANN, ratio, breakdown shares, unpriced terms (in µJ)."""
+    lines = []
+    for name, est in energy_pj["by_model"].items():
+        ann = "n/a (no MAC energy)" if est["ann"] is None else f"{est['ann'] / 1e6:.4g} uJ"
+        ratio = "" if est["ratio"] is None else f"  (SNN/ANN {est['ratio']:.3g}x)"
+        lines.append(f"{name}: E_SNN {est['snn'] / 1e6:.4g} uJ, E_ANN {ann}{ratio}")
+        total = est["snn"] or 1.0
+        parts = [f"{_TERM_LABELS[t]} {v / 1e6:.4g} uJ ({100 * v / total:.0f} %)" for t, v in est["breakdown"].items()]
+        lines.append("    " + ", ".join(parts))
+        if est["unpriced"]:
+            lines.append("    not priced by this model: " + ", ".join(_TERM_LABELS[t] for t in est["unpriced"]))
+    return lines

@@ -297,3 +297,27 @@ def test_neuron_cost_registry(registry):
     with pytest.raises(DataError, match="members"):
         E.register_neuron_cost("bad", members=0)
     E._NEURON_COSTS.pop("my_model")
+
+
+def test_energy_report_and_text():
+    graph = random_network(2, activation="gn")
+    x = random_inputs(graph, 2, 2)
+    T = 3
+    _, counts = run_counts(graph, x, T)
+    report = E.energy_report(counts, ["loihi", "all", "loihi"])
+    names = list(report["by_model"])
+    assert names[0] == "loihi" and len(names) == len(E.available_energy_models()) == len(set(names))
+    assert report["model"] == "loihi" and report["snn"] == report["by_model"]["loihi"]["snn"]
+    assert report["ann"] is None
+    assert report["snn_per_step"][-1] == report["snn"]
+    assert report["snn_per_step"] == sorted(report["snn_per_step"])
+    for name, est in report["by_model"].items():
+        assert set(est["layers"]) == set(counts.layers)
+        for term, value in est["breakdown"].items():  # per-layer terms add up to the whole
+            assert math.fsum(layer.get(term, 0.0) for layer in est["layers"].values()) == pytest.approx(value, rel=1e-12)
+    json.dumps(report)  # serialisable as it is
+    text = "\n".join(E.summary_lines(report))
+    assert "loihi: E_SNN" in text and "not priced by this model: MACs" in text
+    assert E.resolve_models(None) == [E.get_energy_model("45nm-fp32")]
+    with pytest.raises(DataError, match="one of"):
+        E.resolve_models(["nope"])
