@@ -31,7 +31,7 @@ from .errors import DataError, describe
 __all__ = [
     "EnergyModel", "register_energy_model", "get_energy_model", "available_energy_models",
     "load_energy_model", "DEFAULT_ENERGY_MODEL", "CountTable", "count_table", "counts_from",
-    "estimate", "unit_energies", "register_neuron_cost", "SNN_TERMS", "ANN_TERMS", "SNN_COUNTERS", "ANN_COUNTERS",
+    "estimate", "unit_energies", "NetworkCosts", "network_costs", "register_neuron_cost", "SNN_TERMS", "ANN_TERMS", "SNN_COUNTERS", "ANN_COUNTERS",
     "INPUT_ROW", "resolve_models", "energy_report", "summary_lines",
 ]
 
@@ -440,6 +440,34 @@ class CountTable:
                 "ann": dict(self.ann)}
 
 
+@dataclass(frozen=True)
+class NetworkCosts:
+    """What the counts need from a network, picklable and small (a run plan carries it).
+
+    Attributes
+    ----------
+    populations : tuple of (name, neurons, members, state_values)
+        Per population: neurons, member neurons updated per neuron per step, stored values per neuron.
+    input_macs : int
+        MACs of the analog input layer per sample and step.
+    ann_macs : int
+        MACs of the whole ANN per sample.
+    outputs : int
+        Output values per sample.
+    """
+
+    populations: tuple
+    input_macs: int
+    ann_macs: int
+    outputs: int
+
+
+def network_costs(network) -> NetworkCosts:
+    """:class:`NetworkCosts` of a compiled :class:`~evsim.compile.Network`."""
+    pops = tuple((p.name, int(p.size), *_cost(p)) for p in network.populations)
+    return NetworkCosts(pops, int(network.input_macs), int(network.ann_macs), int(np.prod(network.output_shape)))
+
+
 def count_table(layers: Mapping[str, Mapping[str, np.ndarray]], network, T: int, samples: int) -> CountTable:
     """Operation counts of a run, from the engine's counters and the network.
 
@@ -447,9 +475,8 @@ def count_table(layers: Mapping[str, Mapping[str, np.ndarray]], network, T: int,
     ----------
     layers : mapping
         Population -> counter -> ``(T,)`` int totals over the samples, with at least
-        ``spikes``, ``events`` and ``sops`` (the engine's ``BatchResult.layers`` /
-        reduced results).
-    network : evsim.compile.Network
+        ``spikes``, ``events`` and ``sops`` (``BatchResult.layers``, ``Results.counts``).
+    network : evsim.compile.Network or NetworkCosts
         Gives neurons, neuron models, the analog layer's MACs and the ANN's MACs.
     T, samples : int
 
@@ -469,6 +496,7 @@ def count_table(layers: Mapping[str, Mapping[str, np.ndarray]], network, T: int,
     The ANN (one sample): ``macs``; ``neuron_updates`` = neurons; ``weight_reads`` =
     ``activation_reads`` = MACs; ``activation_writes`` = neurons + outputs.
     """
+    costs = network if isinstance(network, NetworkCosts) else network_costs(network)
     if not isinstance(T, (int, np.integer)) or T < 1:
         raise DataError(describe("count_table", "T an integer >= 1", repr(T)))
     if not isinstance(samples, (int, np.integer)) or samples < 1:
@@ -476,22 +504,20 @@ def count_table(layers: Mapping[str, Mapping[str, np.ndarray]], network, T: int,
     T, samples = int(T), int(samples)
     rows: dict[str, dict[str, np.ndarray]] = {}
     neurons = {}
-    for pop in network.populations:
-        counters = layers.get(pop.name)
+    for name, size, members, state_values in costs.populations:
+        counters = layers.get(name)
         if counters is None:
-            raise DataError(describe("count_table", f"counters of population {pop.name!r}", "none"))
+            raise DataError(describe("count_table", f"counters of population {name!r}", "none"))
         got = {}
         for key in ("sops", "spikes", "events"):
             value = np.asarray(counters[key] if key in counters else (), dtype=np.int64)
             if value.shape != (T,):
-                raise DataError(describe(f"count_table, population {pop.name!r}, {key}", f"an array of shape ({T},)",
+                raise DataError(describe(f"count_table, population {name!r}, {key}", f"an array of shape ({T},)",
                                          f"shape {value.shape}"))
             got[key] = value
-        members, state_values = _cost(pop)
-        size = int(pop.size)
-        neurons[pop.name] = size
+        neurons[name] = size
         per_step = lambda n: np.full(T, n, np.int64)  # noqa: E731
-        rows[pop.name] = {
+        rows[name] = {
             "synops": got["sops"].copy(), "spikes": got["spikes"].copy(), "events": got["events"].copy(),
             "neuron_updates": per_step(members * size * samples),
             "weight_reads": got["sops"].copy(),
@@ -499,13 +525,13 @@ def count_table(layers: Mapping[str, Mapping[str, np.ndarray]], network, T: int,
             "state_writes": per_step(state_values * size * samples),
             "event_writes": got["events"].copy(), "event_reads": got["events"].copy(),
         }
-    analog = int(network.input_macs)
+    analog = costs.input_macs
     if analog:
         macs = np.full(T, analog * samples, np.int64)
         rows[INPUT_ROW] = {"analog_macs": macs, "weight_reads": macs.copy(), "input_reads": macs.copy()}
     n_neurons = sum(neurons.values())
-    outputs = int(np.prod(network.output_shape))
-    ann_macs = int(network.ann_macs)
+    outputs = costs.outputs
+    ann_macs = costs.ann_macs
     ann = {"macs": ann_macs, "neuron_updates": n_neurons, "weight_reads": ann_macs, "activation_reads": ann_macs,
            "activation_writes": n_neurons + outputs}
     return CountTable(T, samples, rows, ann, neurons)
