@@ -104,17 +104,21 @@ def report_steps(T: int) -> list[int]:
     return steps + [T]
 
 
-def energy_model(preset, e_mac, e_ac):
+def energy_model(presets, e_mac, e_ac, files=()):
+    """Energy models of ``--energy`` (names or ``all``, repeatable) and ``--energy-model FILE``;
+    ``--e-mac`` / ``--e-ac`` override the first one."""
     from dataclasses import replace
 
-    from evsim.results import EnergyModel
+    from evsim.energy import load_energy_model, resolve_models
 
-    model = EnergyModel.preset(preset)
+    loaded = [load_energy_model(f) for f in files]
+    models = resolve_models(list(presets) + loaded) if presets or not loaded else loaded
     if e_mac is not None or e_ac is not None:
-        model = replace(model, e_mac_pj=model.e_mac_pj if e_mac is None else e_mac,
-                        e_ac_pj=model.e_ac_pj if e_ac is None else e_ac, name=f"{model.name} (custom)",
-                        source=f"{model.source}; overridden on the command line")
-    return model
+        first = models[0]
+        models[0] = replace(first, mac_pj=first.mac_pj if e_mac is None else e_mac,
+                            synop_pj=first.synop_pj if e_ac is None else e_ac, name=f"{first.name}-custom",
+                            source=f"{first.source}; overridden on the command line")
+    return models
 
 
 def run_model(model_path, data, T, batch_size, samples, precision, options, energy, with_ann=True, graph=None):
@@ -163,9 +167,11 @@ def print_results(results, verbose=False):
     click.echo("")
     click.echo(f"per sample over T={r.T}: {r.sops:,.0f} SOPs, {r.spikes:,.0f} spikes, "
                f"{r.macs:,} first-layer MACs ({r.first_layer_macs:,} per step)")
-    ratio = r.energy_snn_pj / r.energy_ann_pj if r.energy_ann_pj else float("nan")
-    click.echo(f"energy per sample ({r.energy.name}: E_MAC {r.energy.e_mac_pj} pJ, E_AC {r.energy.e_ac_pj} pJ): "
-               f"SNN {r.energy_snn_pj / 1e6:.3f} uJ, ANN {r.energy_ann_pj / 1e6:.3f} uJ ({ratio:.2f}x)")
+    from evsim.energy import summary_lines
+
+    click.echo("energy per sample (estimates: exact counts x per-operation energies; docs/usage.md#energy):")
+    for line in summary_lines(r.energy_pj):
+        click.echo("  " + line)
     if verbose:
         t = r.timing
         click.echo(f"time: model compile {t['compile_s']:.2f} s, simulate {t['simulate_s']:.2f} s: "
@@ -182,19 +188,22 @@ def print_results(results, verbose=False):
 @click.option("--samples", type=click.IntRange(min=1), default=None, help="Use only the first N samples.")
 @click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @neuron_options
-@click.option("--energy", "energy_preset", type=click.Choice(["45nm-fp32", "45nm-int32", "45nm-int8"]),
-              default="45nm-fp32", show_default=True, help="Energy constants (Horowitz 2014).")
+@click.option("--energy", "energy_preset", multiple=True, metavar="NAME",
+              help="Energy model (repeatable; 'all' for every one), e.g. 45nm-fp32 (default), loihi, "
+                   "45nm-fp32-sram8k, keras-spiking-gpu; list in docs/usage.md#energy.")
+@click.option("--energy-model", "energy_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Add an energy model from a JSON or TOML file (repeatable).")
 @click.option("--e-mac", type=float, default=None, help="Override E_MAC in pJ.")
 @click.option("--e-ac", type=float, default=None, help="Override E_AC in pJ.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write a JSON report here.")
 @click.option("--no-ann", is_flag=True, help="Do not evaluate the ANN's accuracy.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print where the time went.")
-def run(model, data, T, batch_size, samples, precision, neuron, tau, v0, reset, energy_preset, e_mac, e_ac,
-        report, no_ann, verbose):
+def run(model, data, T, batch_size, samples, precision, neuron, tau, v0, reset, energy_preset, energy_files, e_mac,
+        e_ac, report, no_ann, verbose):
     """Simulate MODEL event by event on DATA; print accuracy per time-step, spikes, SOPs, energy."""
     options = conversion_options(neuron, tau, v0, reset)
     results = run_model(model, data, T, batch_size, samples, precision, options,
-                        energy_model(energy_preset, e_mac, e_ac), with_ann=not no_ann)
+                        energy_model(energy_preset, e_mac, e_ac, energy_files), with_ann=not no_ann)
     print_results(results, verbose)
     if report:
         results.save(report)
