@@ -526,9 +526,9 @@ def count_table(layers: Mapping[str, Mapping[str, np.ndarray]], network, T: int,
             "event_writes": got["events"].copy(), "event_reads": got["events"].copy(),
         }
     analog = costs.input_macs
-    if analog:
+    if analog:  # the analog input layer comes first
         macs = np.full(T, analog * samples, np.int64)
-        rows[INPUT_ROW] = {"analog_macs": macs, "weight_reads": macs.copy(), "input_reads": macs.copy()}
+        rows = {INPUT_ROW: {"analog_macs": macs, "weight_reads": macs.copy(), "input_reads": macs.copy()}, **rows}
     n_neurons = sum(neurons.values())
     outputs = costs.outputs
     ann_macs = costs.ann_macs

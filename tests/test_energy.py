@@ -321,3 +321,64 @@ def test_energy_report_and_text():
     assert E.resolve_models(None) == [E.get_energy_model("45nm-fp32")]
     with pytest.raises(DataError, match="one of"):
         E.resolve_models(["nope"])
+
+
+# --------------------------------------------------------------------------- end to end
+def test_run_energy_all_report_and_plot(tmp_path):
+    """`evsim run MODEL --data F -T 8 --energy all --energy-model FILE --report r.json`: every model
+    gets an SNN-vs-ANN energy whose breakdown is exact counts times its per-op energies."""
+    from importlib.resources import files
+
+    from click.testing import CliRunner
+
+    from evsim.cli.main import main
+    from evsim.data_io import load_data
+
+    data = files("evsim.data")
+    x, y = load_data(data / "mnist_test.npz", (1, 28, 28), 10, samples=6)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    (tmp_path / "chip.json").write_text(json.dumps({"name": "my-chip", "source": "Doe 2030, Table 1",
+                                                    "synop_pj": 2.0, "neuron_update_pj": 5.0, "mac_pj": 3.0}))
+    T, tau = 8, 4
+    result = CliRunner().invoke(main, ["run", str(data / "mnist_qcfs.npz"), "--data", str(tmp_path / "d.npz"),
+                                       "-T", str(T), "--neuron", "gn", "--tau", str(tau), "--energy", "all",
+                                       "--energy-model", str(tmp_path / "chip.json"), "--report",
+                                       str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert "loihi: E_SNN" in result.output and "my-chip: E_SNN" in result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    energy, counts = report["totals"]["energy_pj"], report["totals"]["counts"]
+    assert list(energy["by_model"]) == [m.name for m in E.available_energy_models()] + ["my-chip"]
+    assert energy["model"] == "45nm-fp32" and energy["snn"] == energy["by_model"]["45nm-fp32"]["snn"]
+    neurons = sum(layer["neurons"] for layer in report["layers"])
+    per_sample = {c: sum(row[c]["total"] for row in counts["layers"].values() if c in row)
+                  for c in ("synops", "analog_macs", "spikes", "neuron_updates")}
+    assert per_sample["neuron_updates"] == tau * neurons * T  # GN: τ members, every neuron, every step
+    for model in E.available_energy_models() + [E.load_energy_model(tmp_path / "chip.json")]:
+        est = energy["by_model"][model.name]
+        for term, count in (("synops", "synops"), ("macs", "analog_macs"), ("spikes", "spikes"),
+                            ("neuron_updates", "neuron_updates")):
+            energy_per_op = E.unit_energies(model)[term]
+            if energy_per_op is not None:
+                assert est["breakdown"][term] == pytest.approx(per_sample[count] * energy_per_op, rel=1e-12)
+        assert est["snn"] == pytest.approx(sum(est["breakdown"].values()), rel=1e-12)
+        assert (est["ann"] is None) == (model.mac_pj is None)
+    chip = energy["by_model"]["my-chip"]
+    assert chip["ann"] == pytest.approx(report["totals"]["ann_macs"] * 3.0 + neurons * 5.0, rel=1e-12)
+    pytest.importorskip("matplotlib")
+    result = CliRunner().invoke(main, ["plot", str(tmp_path / "r.json"), "-o", str(tmp_path / "f.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_run_refuses_unknown_energy_model(tmp_path):
+    from importlib.resources import files
+
+    from click.testing import CliRunner
+
+    from evsim.cli.main import main
+
+    data = files("evsim.data")
+    result = CliRunner().invoke(main, ["run", str(data / "mnist_qcfs.npz"), "--data", str(data / "mnist_test.npz"),
+                                       "--samples", "2", "-T", "1", "--energy", "nope"])
+    assert result.exit_code != 0 and "nope" in result.output and "45nm-fp32" in result.output
