@@ -31,8 +31,8 @@ from .errors import DataError, describe
 __all__ = [
     "EnergyModel", "register_energy_model", "get_energy_model", "available_energy_models",
     "load_energy_model", "DEFAULT_ENERGY_MODEL", "CountTable", "count_table", "counts_from",
-    "estimate", "unit_energies", "NetworkCosts", "network_costs", "register_neuron_cost", "SNN_TERMS", "ANN_TERMS", "SNN_COUNTERS", "ANN_COUNTERS",
-    "INPUT_ROW", "resolve_models", "energy_report", "summary_lines",
+    "estimate", "unit_energies", "NetworkCosts", "network_costs", "register_neuron_cost", "SNN_TERMS",
+    "ANN_TERMS", "SNN_COUNTERS", "ANN_COUNTERS", "INPUT_ROW", "resolve_models", "energy_report", "summary_lines",
 ]
 
 #: name of the model behind ``totals.energy_pj.snn`` / ``ann`` in reports (methods.md section 5)
@@ -279,7 +279,8 @@ _DEGNAN = ("Degnan, Marr and Hasler, 'Assessing trends in performance per watt f
            "applications', IEEE TVLSI 24(1):58-66, 2015")
 _HOPPNER = ("Hoeppner et al., 'Dynamic power management for neuromorphic many-core systems', "
             "IEEE TCAS-I 66(8):2973-2986, 2019, arXiv:1903.08941")
-_DAVIES = "Davies et al., 'Loihi: a neuromorphic manycore processor with on-chip learning', IEEE Micro 38(1):82-99, 2018"
+_DAVIES = ("Davies et al., 'Loihi: a neuromorphic manycore processor with on-chip learning', "
+           "IEEE Micro 38(1):82-99, 2018")
 
 
 def _presets() -> None:

@@ -314,7 +314,8 @@ def test_energy_report_and_text():
     for name, est in report["by_model"].items():
         assert set(est["layers"]) == set(counts.layers)
         for term, value in est["breakdown"].items():  # per-layer terms add up to the whole
-            assert math.fsum(layer.get(term, 0.0) for layer in est["layers"].values()) == pytest.approx(value, rel=1e-12)
+            parts = [layer.get(term, 0.0) for layer in est["layers"].values()]
+            assert math.fsum(parts) == pytest.approx(value, rel=1e-12)
     json.dumps(report)  # serialisable as it is
     text = "\n".join(E.summary_lines(report))
     assert "loihi: E_SNN" in text and "not priced by this model: MACs" in text
