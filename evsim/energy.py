@@ -539,8 +539,9 @@ def count_table(layers: Mapping[str, Mapping[str, np.ndarray]], network, T: int,
 
 
 def counts_from(result, network) -> CountTable:
-    """:func:`count_table` of anything with ``layers`` (population -> counter -> (T,)), ``T`` and ``samples``."""
-    return count_table(result.layers, network, result.T, result.samples)
+    """:func:`count_table` of a ``BatchResult`` (its ``layers``) or ``Results`` (its ``counts``)."""
+    layers = result.counts if isinstance(getattr(result, "counts", None), dict) else result.layers
+    return count_table(layers, network, result.T, result.samples)
 
 
 # --------------------------------------------------------------------------- estimate

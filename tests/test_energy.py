@@ -383,3 +383,20 @@ def test_run_refuses_unknown_energy_model(tmp_path):
     result = CliRunner().invoke(main, ["run", str(data / "mnist_qcfs.npz"), "--data", str(data / "mnist_test.npz"),
                                        "--samples", "2", "-T", "1", "--energy", "nope"])
     assert result.exit_code != 0 and "nope" in result.output and "45nm-fp32" in result.output
+
+
+def test_counts_from_batch_and_reduced_results():
+    """The same table from one batch result, from the reduced Results, and from Results.energy_counts."""
+    import evsim
+
+    graph = random_network(9, activation="gn")
+    x = random_inputs(graph, 5, 9)
+    net = compile_network(graph)
+    batch = Simulator(net, np.float64).run_batch(x, 4)
+    results = evsim.simulate(net, x, T=4, batch_size=2, precision="float64")
+    tables = [E.counts_from(batch, net), E.counts_from(results, net), results.energy_counts]
+    for table in tables[1:]:
+        assert table.layers.keys() == tables[0].layers.keys() and table.ann == tables[0].ann
+        for name, row in table.layers.items():
+            for counter, values in row.items():
+                np.testing.assert_array_equal(values, tables[0].layers[name][counter])
