@@ -208,27 +208,23 @@ def parse_activations(value) -> dict[str, ActivationSpec]:
 Step = tuple
 
 
+#: step kind -> its function of (values, *constants)
+STEPS = {
+    "mul": lambda x, c: x * c,
+    "div": lambda x, c: x / c,
+    "add": lambda x, c: x + c,
+    "sub": lambda x, c: x - c,
+    "rsub": lambda x, c: c - x,
+    "clip": lambda x, lo, hi: np.clip(x, lo, hi),
+    "floor": np.floor,
+}
+
+
 def evaluate(steps, z: np.ndarray) -> np.ndarray:
     """Apply a chain to probe values ``z`` of shape (n, C) in float64 (constants broadcast over C)."""
     out = np.asarray(z, dtype=np.float64)
     for kind, *consts in steps:
-        c = [np.asarray(v, dtype=np.float64) for v in consts]
-        if kind == "mul":
-            out = out * c[0]
-        elif kind == "div":
-            out = out / c[0]
-        elif kind == "add":
-            out = out + c[0]
-        elif kind == "sub":
-            out = out - c[0]
-        elif kind == "rsub":
-            out = c[0] - out
-        elif kind == "clip":
-            out = np.clip(out, c[0], c[1])
-        elif kind == "floor":
-            out = np.floor(out)
-        else:  # pragma: no cover - importers only build the kinds above
-            raise AssertionError(kind)
+        out = STEPS[kind](out, *[np.asarray(v, dtype=np.float64) for v in consts])
     return out
 
 
@@ -684,3 +680,46 @@ def channel_constant(builder: GraphBuilder, view: View, value, where: str) -> np
                                        f"one that varies over positions ({value.shape})",
                                        "fold it into the data or the neighbouring layer"))
     return result
+
+
+# --------------------------------------------------------------------------- values of one import
+class Pending:
+    """A framework value computed from the input: a :class:`View` of an evsim node, plus elementwise
+    steps on it not yet written as nodes (so that a whole QCFS chain is seen at once)."""
+
+    __slots__ = ("view", "steps", "origin")
+
+    def __init__(self, view: View, steps=(), origin=()):
+        self.view, self.steps, self.origin = view, list(steps), list(origin)
+
+
+class Values(dict):
+    """The values of one import by the framework's key (tensor name, fx node); data values are
+    :class:`Pending`.  ``uses`` counts each key's users, so a shared chain is written once."""
+
+    def __init__(self, source: str, uses: dict):
+        super().__init__()
+        self.source, self.uses, self.builder = source, uses, None
+
+    def concrete(self, key, wanted: str | None = None) -> View:
+        """The view of ``key`` with its pending steps written as evsim nodes (the result replaces them)."""
+        value = self[key]
+        if value.steps:
+            where = f"{self.source}, node '{value.origin[-1]}'"
+            node = materialize(self.builder, value.view.node, value.steps, wanted or value.origin[-1], where)
+            value = Pending(View(node, value.view.base, value.view.perm, value.view.shape))
+            self[key] = value
+        return value.view
+
+    def extend(self, out, key, label: str, *steps) -> None:
+        """``out`` = ``key`` followed by elementwise ``steps`` (``label``: the framework op, for names)."""
+        value = self[key]
+        if value.steps and self.uses.get(key, 0) > 1:
+            self.concrete(key)
+            value = self[key]
+        self[out] = Pending(value.view, value.steps + list(steps), value.origin + [label])
+
+    def alias(self, out, key, view: View | None = None) -> None:
+        """``out`` is ``key`` (optionally seen through another view); pending steps carry over."""
+        value = self[key]
+        self[out] = Pending(view or value.view, value.steps, value.origin)

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from evsim.errors import ContainerError, ConversionError, ManifestError, MissingDependencyError, describe
+from evsim.errors import ContainerError, ConversionError, MissingDependencyError, describe
 from evsim.importers import Importer
 
-from ._builder import (GraphBuilder, View, add_conv, add_linear, add_pool, as_float_array, channel_constant,
-                       materialize, parse_activations, same_pads)
+from ._builder import (GraphBuilder, Pending, Values, View, add_conv, add_linear, add_pool, as_float_array,
+                       channel_constant, parse_activations, same_pads)
 
 __all__ = ["read", "sniff", "IMPORTER", "MIN_OPSET", "MAX_OPSET", "SUPPORTED_OPS"]
 
@@ -172,16 +172,6 @@ def read(path, *, limit: int | None = None, activations=None):
 
 IMPORTER = Importer("onnx", sniff, read, f"ONNX (opset {MIN_OPSET}-{MAX_OPSET}; pip install \"evsim[onnx]\")",
                     frozenset({"activations"}))
-
-
-# --------------------------------------------------------------------------- values
-class _Dyn:
-    """A value that depends on the input: a view of an evsim node plus pending elementwise steps."""
-
-    __slots__ = ("view", "steps", "origin")
-
-    def __init__(self, view: View, steps=(), origin=()):
-        self.view, self.steps, self.origin = view, list(steps), list(origin)
 
 
 def _attrs(node) -> dict:
@@ -420,8 +410,8 @@ class _OnnxGraph:
         self.model, self.path, self.activations = model, path, activations
         self.graph = model.graph
         self.consts: dict[str, np.ndarray] = {}
-        self.dyn: dict[str, _Dyn] = {}
         self.uses: dict[str, int] = {}
+        self.dyn = Values(str(path), self.uses)
         self.dropped: list[str] = []
         self.outputs = [o.name for o in self.graph.output]
         self.node = None
@@ -456,7 +446,7 @@ class _OnnxGraph:
                 self.uses[name] = self.uses.get(name, 0) + 1
         for name in self.outputs:
             self.uses[name] = self.uses.get(name, 0) + 1
-        self.builder = self._input(inputs[0])
+        self.builder = self.dyn.builder = self._input(inputs[0])
         for node in self.graph.node:
             self.node = node
             self._visit(node)
@@ -510,7 +500,7 @@ class _OnnxGraph:
             evsim_shape = (c, h, w)
         else:
             view, evsim_shape = View.of("input", sample), sample
-        self.dyn[value.name] = _Dyn(view)
+        self.dyn[value.name] = Pending(view)
         return GraphBuilder(str(self.path), evsim_shape)
 
     def _leads_to_nchw(self, name: str) -> bool:
@@ -570,14 +560,7 @@ class _OnnxGraph:
 
     def _concrete(self, name: str, wanted: str | None = None) -> View:
         """The evsim view of a dynamic value, materialising its pending elementwise steps."""
-        dyn = self.dyn[name]
-        if dyn.steps:
-            where = f"{self.path}, node '{dyn.origin[-1]}'"
-            label = wanted or _scope(dyn.origin)
-            node = materialize(self.builder, dyn.view.node, dyn.steps, label, where)
-            dyn = _Dyn(View(node, dyn.view.base, dyn.view.perm, dyn.view.shape))
-            self.dyn[name] = dyn
-        return dyn.view
+        return self.dyn.concrete(name, wanted)
 
     def _plain(self, name: str, rank: int | None = 3) -> View:
         view = self._concrete(name)
@@ -592,7 +575,7 @@ class _OnnxGraph:
         return view
 
     def _set(self, node, view: View):
-        self.dyn[node.output[0]] = _Dyn(view)
+        self.dyn[node.output[0]] = Pending(view)
 
     def _const(self, node, index: int, what: str, required: bool = True):
         name = node.input[index] if len(node.input) > index else ""
@@ -613,20 +596,11 @@ class _OnnxGraph:
         return channel_constant(self.builder, view, value, self.where(node))
 
     def _extend(self, node, name: str, *steps):
-        """Append elementwise steps to the chain of ``name``; the result is ``node``'s output.
-
-        A chain whose value has several users (or is the graph output) is materialised first, so
-        that a shared value is computed once.
-        """
-        dyn = self.dyn[name]
-        if dyn.steps and (self.uses.get(name, 0) > 1 or name in self.outputs):
-            self._concrete(name)
-            dyn = self.dyn[name]
-        self.dyn[node.output[0]] = _Dyn(dyn.view, dyn.steps + list(steps), dyn.origin + [_label(node)])
+        """``node``'s output: the value ``name`` followed by elementwise steps."""
+        self.dyn.extend(node.output[0], name, _label(node), *steps)
 
     def _alias(self, node, name: str, view: View | None = None):
-        dyn = self.dyn[name]
-        self.dyn[node.output[0]] = _Dyn(view or dyn.view, dyn.steps, dyn.origin)
+        self.dyn.alias(node.output[0], name, view)
 
     # ---------------------------------------------------------------- custom ops (--activation)
     def _custom(self, node):

@@ -29,8 +29,8 @@ import numpy as np
 
 from evsim.errors import ConversionError, MissingDependencyError, describe
 
-from ._builder import (GraphBuilder, View, add_conv, add_linear, add_pool, as_float_array, channel_constant,
-                       materialize, parse_activation, same_pads)
+from ._builder import (GraphBuilder, Pending, Values, View, add_conv, add_linear, add_pool, as_float_array,
+                       channel_constant, parse_activation, same_pads)
 
 __all__ = ["export", "THRESHOLD_NAMES", "LEVEL_NAMES"]
 
@@ -133,13 +133,6 @@ def export(module, example_input, path=None, activations=None):
     return result
 
 
-class _Dyn:
-    __slots__ = ("view", "steps", "origin")
-
-    def __init__(self, view, steps=(), origin=()):
-        self.view, self.steps, self.origin = view, list(steps), list(origin)
-
-
 class _Opaque:
     """A non-tensor value computed from the data (``x.size(0)``, ``x.shape``): only used by reshapes."""
 
@@ -148,8 +141,8 @@ class _FxGraph:
     def __init__(self, gm, activations, label):
         self.gm, self.activations, self.label = gm, activations, label
         self.modules = dict(gm.named_modules())
-        self.env: dict = {}
         self.uses = {n: len(n.users) for n in gm.graph.nodes}
+        self.env = Values(label, self.uses)
 
     def where(self, node) -> str:
         if node.op == "call_module":
@@ -171,21 +164,11 @@ class _FxGraph:
             return {k: self.value(v) for k, v in arg.items()}
         return arg
 
-    def concrete(self, node_arg, wanted=None) -> View:
-        dyn = self.env[node_arg]
-        if dyn.steps:
-            where = f"{self.label}, node '{dyn.origin[-1]}'"
-            name = materialize(self.builder, dyn.view.node, dyn.steps, wanted or dyn.origin[-1], where)
-            dyn = _Dyn(View(name, dyn.view.base, dyn.view.perm, dyn.view.shape))
-            self.env[node_arg] = dyn
-        return dyn.view
+    def concrete(self, key, wanted=None) -> View:
+        return self.env.concrete(key, wanted)
 
     def extend(self, node, src, *steps):
-        dyn = self.env[src]
-        if dyn.steps and self.uses.get(src, 0) > 1:
-            self.concrete(src)
-            dyn = self.env[src]
-        self.env[node] = _Dyn(dyn.view, dyn.steps + list(steps), dyn.origin + [node.name])
+        self.env.extend(node, src, node.name, *steps)
 
     def const(self, node, value, view) -> np.ndarray:
         torch = _torch()
@@ -194,7 +177,7 @@ class _FxGraph:
         return channel_constant(self.builder, view, value, self.where(node))
 
     def set(self, node, name):
-        self.env[node] = _Dyn(self.out_view(name))
+        self.env[node] = Pending(self.out_view(name))
 
     def out_view(self, name):
         return View.of(name, self.builder.shape(name))
@@ -215,8 +198,8 @@ class _FxGraph:
                     self.refuse(node, "an input of shape (N, C, H, W) or (N, F)", str(shape))
                 if hasattr(self, "builder"):
                     self.refuse(node, "one input", "several")
-                self.builder = GraphBuilder(self.label, shape)
-                self.env[node] = _Dyn(View.of("input", shape))
+                self.builder = self.env.builder = GraphBuilder(self.label, shape)
+                self.env[node] = Pending(View.of("input", shape))
             elif node.op == "get_attr":
                 obj = self.gm
                 for part in node.target.split("."):
@@ -226,7 +209,7 @@ class _FxGraph:
                 output = node.args[0]
             else:
                 self.visit(node)
-        if not isinstance(output, torch.fx.Node) or not isinstance(self.env.get(output), _Dyn):
+        if not isinstance(output, torch.fx.Node) or not isinstance(self.env.get(output), Pending):
             raise ConversionError(describe(f"{self.label}, output", "one tensor computed from the input",
                                            type(output).__name__))
         view = self.concrete(output)
@@ -241,7 +224,7 @@ class _FxGraph:
         args = self.value(node.args)
         kwargs = self.value(node.kwargs)
         dynamic = [a for a in list(node.args) + list(node.kwargs.values())
-                   if isinstance(a, _torch().fx.Node) and isinstance(self.env.get(a), (_Dyn, _Opaque))]
+                   if isinstance(a, _torch().fx.Node) and isinstance(self.env.get(a), (Pending, _Opaque))]
         if not dynamic and node.op != "call_module":
             self.env[node] = self.evaluate(node, args, kwargs)
             return
@@ -271,7 +254,7 @@ class _FxGraph:
         if _qcfs_attrs(m) is not None:
             return self.qcfs(node, m)
         src = node.args[0]
-        if not isinstance(self.env.get(src), _Dyn):
+        if not isinstance(self.env.get(src), Pending):
             self.refuse(node, "a module applied to the data", "a module applied to a constant")
         handler = MODULES.get(type(m))
         if handler is None:
@@ -292,7 +275,7 @@ class _FxGraph:
         lam = self.probe_qcfs(node, m, theta, levels, view)
         out = self.builder.add(node.target, "qcfs", [view.node], {"levels": levels}, {"threshold": lam},
                                kind=type(m).__name__)
-        self.env[node] = _Dyn(View(out, view.base, view.perm, view.shape))
+        self.env[node] = Pending(View(out, view.base, view.perm, view.shape))
 
     def probe_qcfs(self, node, m, theta, levels, view):
         """λ (evsim layout) such that the module computes QCFS(λ, levels): run it on probe inputs."""
@@ -341,7 +324,7 @@ class _FxGraph:
             parsed = parse_activation(spec, f"activations[{type(m).__name__}]")
             if parsed.op == "relu":
                 out = self.builder.add(node.target, "relu", [view.node], kind=type(m).__name__)
-                self.env[node] = _Dyn(View(out, view.base, view.perm, view.shape))
+                self.env[node] = Pending(View(out, view.base, view.perm, view.shape))
                 return
             threshold = getattr(m, parsed.weight, None)
             levels = parsed.levels
@@ -352,7 +335,7 @@ class _FxGraph:
         theta = self.const(node, value, view)
         out = self.builder.add(node.target, "qcfs", [view.node], {"levels": int(levels)},
                                {"threshold": as_float_array(theta, self.where(node))}, kind=type(m).__name__)
-        self.env[node] = _Dyn(View(out, view.base, view.perm, view.shape))
+        self.env[node] = Pending(View(out, view.base, view.perm, view.shape))
 
 
 # --------------------------------------------------------------------------- module handlers
@@ -430,7 +413,7 @@ def _adaptive(g: _FxGraph, node, m, src):
     size = tuple(h if s is None else s for s in size)
     if size == (1, 1):
         out = g.builder.add(node.target, "global_avgpool", [view.node], kind="AdaptiveAvgPool2d")
-        g.env[node] = _Dyn(View(out, (c,), (0,), (c, 1, 1)))
+        g.env[node] = Pending(View(out, (c,), (0,), (c, 1, 1)))
         return
     if h % size[0] or w % size[1]:
         g.refuse(node, "an output size that divides the input", f"{size} for {h}x{w}")
@@ -441,16 +424,14 @@ def _adaptive(g: _FxGraph, node, m, src):
 
 def _reshape_to(g: _FxGraph, node, src):
     shape = g.sample_shape(node)
-    dyn = g.env[src]
-    if shape is None or math.prod(shape) != math.prod(dyn.view.shape):
+    view = g.env[src].view
+    if shape is None or math.prod(shape) != math.prod(view.shape):
         g.refuse(node, "a reshape that keeps the batch axis", f"output shape {shape}")
-    g.env[node] = _Dyn(dyn.view.reshape(shape), dyn.steps, dyn.origin)
+    g.env.alias(node, src, view.reshape(shape))
 
 
 def _alias(g: _FxGraph, node, *rest):
-    src = node.args[0]
-    dyn = g.env[src]
-    g.env[node] = _Dyn(dyn.view, dyn.steps, dyn.origin)
+    g.env.alias(node, node.args[0])
 
 
 def _relu_module(g: _FxGraph, node, m, src):
@@ -503,7 +484,7 @@ def _binary(kind, reverse_kind=None):
         va, vb = args[0], args[1] if len(args) > 1 else kwargs.get("other")
         if kwargs.get("alpha", 1) != 1:
             g.refuse(node, "add/sub without alpha", f"alpha={kwargs['alpha']}")
-        da, db = isinstance(va, _Dyn), isinstance(vb, _Dyn)
+        da, db = isinstance(va, Pending), isinstance(vb, Pending)
         if da and db:
             if kind != "add":
                 g.refuse(node, f"'{kind}' of the data by a constant (only + joins two data paths)", "two data inputs")
@@ -511,7 +492,7 @@ def _binary(kind, reverse_kind=None):
             if (views[0].base, views[0].perm, views[0].shape) != (views[1].base, views[1].perm, views[1].shape):
                 g.refuse(node, "inputs of the same shape", f"{views[0].shape} and {views[1].shape}")
             out = g.builder.add(node.name, "add", [v.node for v in views], kind="add")
-            g.env[node] = _Dyn(View(out, views[0].base, views[0].perm, views[0].shape))
+            g.env[node] = Pending(View(out, views[0].base, views[0].perm, views[0].shape))
             return
         if da:
             return g.extend(node, a, (kind, g.const(node, vb, va.view)))
@@ -544,7 +525,7 @@ def _opaque(g: _FxGraph, node, args, kwargs):
 
 
 def _view(g: _FxGraph, node, args, kwargs):
-    if not isinstance(args[0], _Dyn):
+    if not isinstance(args[0], Pending):
         g.env[node] = _Opaque()
         return
     _reshape_to(g, node, node.args[0])
@@ -558,7 +539,7 @@ def _global_mean(g: _FxGraph, node, args, kwargs):
         g.refuse(node, "mean over the spatial axes (2, 3)", f"dim={dims}")
     c = view.shape[0]
     out = g.builder.add(node.name, "global_avgpool", [view.node], kind="mean")
-    g.env[node] = _Dyn(View(out, (c,), (0,), (c, 1, 1) if keep else (c,)))
+    g.env[node] = Pending(View(out, (c,), (0,), (c, 1, 1) if keep else (c,)))
 
 
 def _adaptive_fn(g: _FxGraph, node, args, kwargs):
@@ -568,7 +549,7 @@ def _adaptive_fn(g: _FxGraph, node, args, kwargs):
     view = _image(g, node, node.args[0])
     c = view.shape[0]
     out = g.builder.add(node.name, "global_avgpool", [view.node], kind="adaptive_avg_pool2d")
-    g.env[node] = _Dyn(View(out, (c,), (0,), (c, 1, 1)))
+    g.env[node] = Pending(View(out, (c,), (0,), (c, 1, 1)))
 
 
 def _function_table():
