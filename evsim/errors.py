@@ -35,7 +35,12 @@ __all__ = [
     "CalibrationError",
     "MissingDependencyError",
     "describe",
+    "truncate",
 ]
+
+#: longest piece of a message (where / expected / found / fix) before it is cut; a value
+#: echoed from a file (a name, a string of 10**6 characters) must not flood the terminal
+MAX_PIECE = 200
 
 
 class EvsimError(Exception):
@@ -82,8 +87,23 @@ class MissingDependencyError(EvsimError):
     """A feature needs an optional extra that is not installed."""
 
 
+def truncate(text, limit: int = MAX_PIECE) -> str:
+    """``text`` cut to about ``limit`` characters, saying how long it was.
+
+    >>> truncate("A" * 1000, 20)
+    'AAAAAAAAAAAAAAAAAAAA… (1000 characters in all)'
+    """
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters in all)"
+
+
 def describe(where: str, expected: str, found: str | None = None, fix: str | None = None) -> str:
     """Build an error message: ``where: expected X, found Y; fix.``
+
+    Each piece is cut to :data:`MAX_PIECE` characters (paths: 4 times that) by
+    :func:`truncate`, so a value echoed from a file keeps the message one short line.
 
     Parameters
     ----------
@@ -96,9 +116,9 @@ def describe(where: str, expected: str, found: str | None = None, fix: str | Non
     fix : str, optional
         How the user can fix it.
     """
-    text = f"{where}: expected {expected}"
+    text = f"{truncate(where, 4 * MAX_PIECE)}: expected {truncate(expected)}"
     if found is not None:
-        text += f", found {found}"
+        text += f", found {truncate(found)}"
     if fix:
-        text += f"; {fix}"
+        text += f"; {truncate(fix)}"
     return text

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import ArrayError, ContainerError, EvsimError, ManifestError, ResourceLimitError, describe
+from .h5guard import check_string_attribute
 from .graph import OPS, Graph, InputSpec, Node, memory_limit, validate
 
 __all__ = ["load", "save", "read_container", "read_npz_arrays", "write_container", "graph_from_manifest",
@@ -95,6 +96,7 @@ def _read_h5(path: Path, limit: int) -> tuple[str, dict[str, np.ndarray]]:
         if H5_MANIFEST not in f.attrs:
             raise ContainerError(describe(str(path), f"an HDF5 root attribute '{H5_MANIFEST}' holding the JSON manifest",
                                           "none", "is this an evsim model? see docs/format.md"))
+        check_string_attribute(f, path, H5_MANIFEST, limit)  # a corrupt heap would make libhdf5 spin
         text = f.attrs[H5_MANIFEST]
         if isinstance(text, np.ndarray) and text.shape == ():
             text = text.item()

@@ -36,22 +36,37 @@ DEFAULT_MEMORY_LIMIT = 8 * 2**30
 
 
 def memory_limit() -> int:
-    """Bytes a model may declare before it is refused.
+    """Bytes a model, a data slice or a run may need before it is refused.
 
-    Read from the environment variable ``EVSIM_MEMORY_LIMIT`` (bytes, or with a
-    ``K``/``M``/``G`` suffix); defaults to 8 GiB.
+    Read from the environment variable ``EVSIM_MEMORY_LIMIT``: a positive, finite
+    number of bytes written in ASCII, optionally with a unit ``K``, ``M``, ``G`` or ``T``
+    (powers of 1024) and an optional ``B`` or ``iB`` (``4000000000``, ``512M``,
+    ``8G``, ``8GiB``, ``1.5GB``); unset or empty means the default, 8 GiB.
+
+    Raises
+    ------
+    ResourceLimitError
+        A value that is not such a byte count (``inf``, ``-1``, ``0``, ``lots``).
     """
-    text = os.environ.get("EVSIM_MEMORY_LIMIT", "").strip().upper()
+    import re
+
+    raw = os.environ.get("EVSIM_MEMORY_LIMIT", "")
+    text = raw.strip()
     if not text:
         return DEFAULT_MEMORY_LIMIT
-    factor = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1], 1)
-    digits = text[:-1] if text[-1] in "KMG" else text
-    try:
-        return int(float(digits) * factor)
-    except ValueError:
-        raise ResourceLimitError(
-            describe("EVSIM_MEMORY_LIMIT", "a byte count such as 4000000000 or 4G", repr(text))
-        ) from None
+    match = re.fullmatch(r"([0-9]{1,30}(?:\.[0-9]{1,30})?|\.[0-9]{1,30})\s*([KMGT]?)(I?B)?", text,
+                         re.IGNORECASE | re.ASCII)
+    factor = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    value = float(match.group(1)) * factor[match.group(2).upper()] if match and (
+        match.group(2) or not match.group(3) or match.group(3).upper() == "B") else 0.0
+    if not (1 <= value < 2**63):
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise ResourceLimitError(describe(
+            "environment variable EVSIM_MEMORY_LIMIT",
+            "a positive byte count, optionally with a unit K, M, G or T (powers of 1024) and B or iB, "
+            "e.g. 4000000000, 512M or 8G", repr(shown),
+            "fix the value, or unset EVSIM_MEMORY_LIMIT for the default of 8G"))
+    return int(value)
 
 
 # --------------------------------------------------------------------------- data classes
