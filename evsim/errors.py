@@ -14,6 +14,7 @@ them into a single clean line and a non-zero exit code in one place
     ├── DataError               a data file (x, y) that cannot be used as it is
     ├── ConversionError         an ANN that cannot become an SNN as it stands
     ├── CalibrationError        calibration asked for something it cannot do
+    ├── OutputError             an output path evsim will not replace (directory, device, FIFO)
     └── MissingDependencyError  an optional extra (matplotlib, torch ...) is not installed
 
 Messages follow one pattern: *where* (file, node), *what was expected*, *what was
@@ -33,6 +34,7 @@ __all__ = [
     "DataError",
     "ConversionError",
     "CalibrationError",
+    "OutputError",
     "MissingDependencyError",
     "describe",
     "truncate",
@@ -81,6 +83,10 @@ class ConversionError(EvsimError):
 
 class CalibrationError(EvsimError):
     """Calibration was asked for something it cannot do with what it was given."""
+
+
+class OutputError(EvsimError):
+    """An output path is not a regular file or a new name (a directory, device, FIFO, socket)."""
 
 
 class MissingDependencyError(EvsimError):
