@@ -236,12 +236,12 @@ def convert(model, output, neuron, tau, v0, reset, threshold, channelwise, poten
     """Convert (and calibrate) an ANN MODEL into an SNN file that `evsim run` simulates."""
     import evsim
     from evsim.converters.calibration import calibrate
-    from evsim.data_io import load_data
+    from evsim.data_io import open_data
 
     graph = evsim.load(model)
     x = None
     if calib_data is not None:
-        x, _ = load_data(calib_data, graph.input.shape, None, calib_samples)
+        x = open_data(calib_data, graph.input.shape, None, calib_samples)  # streamed by calibration
     options = conversion_options(neuron, tau, v0, reset)
     kwargs = {} if options is None else {"neuron": options.neuron, "tau": options.tau, "reset": options.reset}
     if options is not None and v0 is not None and potential == "half":

@@ -133,7 +133,7 @@ def _match_shape(shape: tuple, input_shape: tuple, layout: str, source: str) -> 
         return sample, sample[0]
     raise DataError(describe(where, expected, f"{tuple(shape)}",
                              "the model's input.shape is one sample, channels first"
-                             + ("" if layout == "nhwc" else " (channels-last data: layout='nhwc')")))
+                             + ("" if layout == "nhwc" or len(input_shape) != 3 else " (channels-last data: layout='nhwc')")))
 
 
 # --------------------------------------------------------------------------- readers (one per container)
@@ -510,9 +510,18 @@ def check_data(x, y, input_shape, n_classes: int | None = None, source: str = "d
     """Validate in-memory inputs and labels (see :func:`load_data`); returns ``(x, y)``.
 
     ``x`` of shape ``(N, prod(input_shape))`` is reshaped to ``(N, *input_shape)``.
+    ``x`` may also be a :class:`FileSource` of static samples (``y`` None): it is returned
+    as is, to be sliced (``x[a:b]``, validated as read) by code that streams over it, such
+    as calibration.
     """
-    x = np.asarray(x)
     input_shape = tuple(input_shape)
+    if isinstance(x, FileSource):
+        if x.input_shape != input_shape or x.frames is not None or y is not None:
+            found = (f"event frames ({x.frames} per sample)" if x.frames is not None else
+                     "labels passed beside it" if y is not None else f"a source for input shape {x.input_shape}")
+            raise DataError(describe(f"{source}, {x.path}", f"static samples of shape {input_shape}", found))
+        return x, None
+    x = np.asarray(x)
     if x.dtype.kind not in _NUMERIC:
         raise DataError(describe(f"{source}, 'x'", "numeric values", f"dtype {x.dtype}"))
     if x.ndim == 0:
