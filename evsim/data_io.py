@@ -64,7 +64,7 @@ def check_labels(y, n_classes: int | None, source: str = "data", start: int = 0)
     if y.size == 0:
         return y.astype(np.int64)
     upper = 2**63 if n_classes is None else int(n_classes)
-    allowed = f"labels in [0, {n_classes})" if n_classes is not None else "labels >= 0"
+    allowed = f"labels in [0, {n_classes})" if n_classes is not None else "labels in [0, 2**63)"
     if y.dtype.kind == "f":
         bad = ~np.isfinite(y) | (y != np.floor(y)) | (y < 0) | (y >= float(upper))
     elif y.dtype.kind == "u":
@@ -373,7 +373,10 @@ class FileSource:
         if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
                 and 0 <= start < stop <= self.n):
             raise DataError(describe(src, f"a sample range within [0, {self.n})", f"[{start}, {stop})"))
-        start, stop = int(start), int(stop)
+        return self._read(int(start), int(stop), labels=True)
+
+    def _read(self, start: int, stop: int, labels: bool):
+        src = str(self.path)
         limit = memory_limit()
         need = (stop - start) * self._sample_bytes
         if need > limit:
@@ -384,7 +387,7 @@ class FileSource:
         reader = self._open()
         try:
             x = reader.read("x", start, stop)
-            y = reader.read("y", start, stop) if self.has_labels else None
+            y = reader.read("y", start, stop) if labels and self.has_labels else None
         except EvsimError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -409,13 +412,13 @@ class FileSource:
         return self.n
 
     def __getitem__(self, index):
-        """``source[a:b]``: the inputs ``x`` of those samples (a step-1 slice), read now."""
+        """``source[a:b]``: the inputs ``x`` of those samples (a step-1 slice), read now; labels untouched."""
         if not isinstance(index, slice) or index.step not in (None, 1):
             raise DataError(describe(str(self.path), "a slice source[a:b] of samples", repr(index)))
         start, stop, _ = index.indices(self.n)
         if stop <= start:
             return np.zeros((0,) + ((self.frames,) if self.frames else ()) + self.input_shape, self.dtype)
-        return self.read(start, stop)[0]
+        return self._read(start, stop, labels=False)[0]
 
     # -- lifetime and pickling
     def close(self) -> None:

@@ -7,6 +7,8 @@ every step) and ``E_ANN = all MACs·E_MAC``.
 """
 from __future__ import annotations
 
+import math
+
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -36,6 +38,13 @@ class EnergyModel:
     e_ac_pj: float = 0.9
     name: str = "45nm-fp32"
     source: str = "Horowitz, ISSCC 2014: 45 nm CMOS, fp32 mult 3.7 pJ + add 0.9 pJ"
+
+    def __post_init__(self):
+        for field_name, flag in (("e_mac_pj", "--e-mac"), ("e_ac_pj", "--e-ac")):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConversionError(describe(f"energy model, {field_name} ({flag})",
+                                               "a finite number of picojoules >= 0", repr(value)))
 
     @classmethod
     def preset(cls, name: str) -> "EnergyModel":

@@ -144,7 +144,7 @@ def run_cli(args: list, timeout: float = 60.0, memory: int = ADDRESS_SPACE, cwd:
     if "Traceback (most recent call last)" in out or "please report" in out.lower():
         return Outcome(what, "traceback", out[-3000:], seconds)
     if proc.returncode == 0:
-        return Outcome(what, "ok", out[-500:], seconds)
+        return Outcome(what, "ok", out[-5000:], seconds)
     if proc.returncode in (1, 2):
         return Outcome(what, "refused", out.strip().splitlines()[-1][:500] if out.strip() else "", seconds)
     return Outcome(what, "traceback", f"exit {proc.returncode}: {out[-2000:]}", seconds)
