@@ -27,7 +27,7 @@ from .errors import DataError, EvsimError, ResourceLimitError, describe
 from .graph import memory_limit
 
 __all__ = ["open_data", "FileSource", "load_data", "check_data", "check_labels", "check_preprocessed",
-           "LAYOUTS"]
+           "check_model_precision", "LAYOUTS"]
 
 #: sample layouts a file may use for (C, H, W) inputs -> axes that make it (C, H, W)
 LAYOUTS = {"nchw": None, "nhwc": (2, 0, 1)}
@@ -109,6 +109,33 @@ def check_preprocessed(values: np.ndarray, dtype, source: str = "data", start: i
         raise DataError(describe(f"{source}, 'x'", f"inputs that stay within ±{top:.3g} ({np.dtype(dtype).name}) "
                                  "after the model's scale/mean/std", found,
                                  "check the data's units against input.scale, or use --precision float64"))
+
+
+def check_model_precision(graph, dtype) -> None:
+    """Refuse model arrays that the cast to the simulation ``dtype`` would turn into ±inf.
+
+    A float64 file may hold finite values beyond float32's range (weights near 1e39,
+    thresholds of 1e300); simulated at float32 they would silently become inf.  Call it
+    with the graph being simulated (after BatchNorm folding) and the simulation dtype.
+
+    Raises
+    ------
+    ArrayError
+        Naming the node and the array as they are in the user's file.
+    """
+    from .errors import ArrayError
+
+    top = float(np.finfo(dtype).max)
+    for node in graph.nodes:
+        for role, arr in node.arrays.items():
+            arr = np.asarray(arr)
+            if arr.size and arr.dtype.kind == "f" and arr.dtype.itemsize > np.dtype(dtype).itemsize:
+                peak = float(np.max(np.abs(arr)))
+                if peak > top:
+                    raise ArrayError(describe(
+                        f"{graph.source}, node '{node.name}', array '{node.array_name(role)}'",
+                        f"values within ±{top:.3g} to simulate in {np.dtype(dtype).name}", f"a magnitude of {peak:.3g}",
+                        "simulate with --precision float64, or rescale the model"))
 
 
 def _match_shape(shape: tuple, input_shape: tuple, layout: str, source: str) -> tuple[tuple | None, int | None]:

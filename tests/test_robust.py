@@ -19,7 +19,8 @@ import pytest
 
 import evsim
 from evsim.convert import convert, fold_batchnorm
-from evsim.data_io import FileSource, check_data, check_labels, check_preprocessed, load_data, open_data
+from evsim.data_io import (check_data, check_labels, check_model_precision, check_preprocessed, load_data,
+                           open_data)
 from evsim.errors import (ContainerError, ConversionError, DataError, ManifestError, OutputError, ResourceLimitError,
                           describe, truncate)
 from evsim.format import MAX_NESTING, TEMP_MARK, atomic_write, graph_from_manifest, manifest_from_graph
@@ -342,6 +343,19 @@ def test_preprocessed_values_must_fit_the_simulation_dtype():
         check_preprocessed(np.vstack([np.zeros((3, 2)), [[1e300, 0]]]), np.float32, "d.npz", start=1)
     with pytest.raises(DataError, match="NaN/inf after preprocessing"):
         check_preprocessed(np.array([[np.inf]]), np.float64)
+
+
+def test_model_arrays_beyond_the_simulation_dtype_are_refused(qcfs):
+    import copy
+
+    graph = copy.deepcopy(qcfs)
+    weight = graph.node("fc").arrays["weight"].astype(np.float64)
+    weight[0, 0] = 1e300
+    graph.node("fc").arrays["weight"] = weight
+    check_model_precision(graph, np.float64)
+    with pytest.raises(evsim.EvsimError, match=r"node 'fc', array 'fc.weight'.*1e\+300.*--precision float64"):
+        check_model_precision(graph, np.float32)
+    check_model_precision(qcfs, np.float32)
 
 
 def test_compressed_npz_member_larger_than_its_data_is_a_clean_error(tmp_path):
