@@ -160,7 +160,8 @@ def _match_shape(shape: tuple, input_shape: tuple, layout: str, source: str) -> 
         return sample, sample[0]
     raise DataError(describe(where, expected, f"{tuple(shape)}",
                              "the model's input.shape is one sample, channels first"
-                             + ("" if layout == "nhwc" or len(input_shape) != 3 else " (channels-last data: layout='nhwc')")))
+                             + ("" if layout == "nhwc" or len(input_shape) != 3
+                                else " (channels-last data: layout='nhwc')")))
 
 
 # --------------------------------------------------------------------------- readers (one per container)

@@ -27,7 +27,6 @@ bounded loops; it costs well under a millisecond on a normal file (``docs/format
 from __future__ import annotations
 
 import mmap
-import struct
 from pathlib import Path
 
 from .errors import ContainerError, ResourceLimitError, describe
