@@ -13,6 +13,7 @@ them into a single clean line and a non-zero exit code in one place
     ├── ResourceLimitError      declared sizes would need more memory than the limit
     ├── DataError               a data file (x, y) that cannot be used as it is
     ├── ConversionError         an ANN that cannot become an SNN as it stands
+    │   └── UnknownNeuronError  a neuron model nobody registered (a missing plugin)
     ├── CalibrationError        calibration asked for something it cannot do
     ├── OutputError             an output path evsim will not replace (directory, device, FIFO)
     └── MissingDependencyError  an optional extra (matplotlib, torch ...) is not installed
@@ -33,6 +34,7 @@ __all__ = [
     "ResourceLimitError",
     "DataError",
     "ConversionError",
+    "UnknownNeuronError",
     "CalibrationError",
     "OutputError",
     "MissingDependencyError",
@@ -83,6 +85,10 @@ class ConversionError(EvsimError):
 
 class CalibrationError(EvsimError):
     """Calibration was asked for something it cannot do with what it was given."""
+
+
+class UnknownNeuronError(ConversionError):
+    """A neuron model that is not registered (built-in, ``register_neuron`` or entry point)."""
 
 
 class OutputError(EvsimError):
