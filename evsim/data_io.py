@@ -510,7 +510,8 @@ def open_data(path, input_shape, n_classes: int | None = None, samples: int | No
     return FileSource(path, input_shape, n_classes, samples, layout)
 
 
-def load_data(path, input_shape, n_classes: int | None = None, samples: int | None = None):
+def load_data(path, input_shape, n_classes: int | None = None, samples: int | None = None, *,
+              labels: bool = True):
     """Read and check a data file (only the first ``samples`` samples are read).
 
     Parameters
@@ -522,6 +523,8 @@ def load_data(path, input_shape, n_classes: int | None = None, samples: int | No
         Number of outputs; labels must lie in ``[0, n_classes)``.
     samples : int, optional
         Use only the first ``samples`` samples.
+    labels : bool
+        False: do not read ``y`` at all (calibration needs inputs only); ``y`` is None.
 
     Returns
     -------
@@ -534,7 +537,7 @@ def load_data(path, input_shape, n_classes: int | None = None, samples: int | No
         Unreadable file, missing ``x``, wrong shapes, non-finite values, bad labels.
     """
     with open_data(path, input_shape, n_classes, samples) as source:
-        return source.read(0, source.n)
+        return source.read(0, source.n) if labels else (source[0:source.n], None)
 
 
 def check_data(x, y, input_shape, n_classes: int | None = None, source: str = "data"):
