@@ -467,3 +467,11 @@ def test_signals_during_a_write_leave_no_temp_file(tmp_path, signum, code):
         atomic_write(out, lambda tmp: tmp.write_text("next"))
         assert out.read_text() == "next"
     assert not _temps(tmp_path)
+
+
+def test_simulate_reads_a_file_source_like_arrays(qcfs):
+    source = open_data(TEST, qcfs.input.shape, 10, samples=12)
+    x, y = load_data(TEST, qcfs.input.shape, 10, samples=12)
+    lazy = evsim.simulate(qcfs, source, T=2, batch_size=5)
+    eager = evsim.simulate(qcfs, x, y, T=2, batch_size=5)
+    assert lazy.accuracy == eager.accuracy and lazy.sops == eager.sops

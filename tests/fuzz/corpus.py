@@ -8,6 +8,7 @@ validation), so a mutation reaches evsim's readers exactly as a user's file woul
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import warnings
@@ -420,8 +421,8 @@ class ByteCase:
     writer: str
     edits: tuple  # (op, position, payload)
 
-    def write(self, path: Path, seeds: dict) -> Path:
-        data = bytearray(seeds[(self.base, self.suffix, self.writer)])
+    def write(self, path: Path) -> Path:
+        data = bytearray(seed_files()[(self.base, self.suffix, self.writer)])
         for op, pos, payload in self.edits:
             if not data:
                 break
@@ -446,6 +447,12 @@ class ByteCase:
 
 
 SEEDS = [(b, s, w) for b in sorted(BASES) for s in (".npz", ".h5") for w in ("evsim", "numpy")]
+
+
+@functools.lru_cache(maxsize=None)
+def seed_files() -> dict:
+    """Every seed of :data:`SEEDS` as bytes (built once per process)."""
+    return {key: seed_bytes(*key) for key in SEEDS}
 # positions: mostly in the first 8 kB, where headers, the manifest and the HDF5 heaps are
 positions = st.one_of(st.integers(0, 8191), st.integers(0, 2**20))
 byte_edits = st.tuples(st.sampled_from(["flip", "byte", "insert", "delete", "truncate", "int"]), positions,
@@ -522,12 +529,11 @@ data_cases = st.builds(DataCase, st.sampled_from([".npz", ".h5"]),
                        st.lists(data_changes, min_size=1, max_size=3).map(tuple))
 
 
-def write_all(cases, directory: Path, seeds: dict | None = None) -> list[Path]:
+def write_all(cases, directory: Path) -> list[Path]:
     """Write each case to ``directory/case<i>``; cases NumPy/h5py cannot store are skipped."""
     files = []
     for i, case in enumerate(cases):
-        target = directory / f"case{i}"
-        path = case.write(target, seeds) if isinstance(case, ByteCase) else case.write(target)
+        path = case.write(directory / f"case{i}")
         if path is not None:
             files.append(path)
     return files

@@ -31,10 +31,11 @@ EVSIM_LIMIT = "1G"
 
 @dataclass
 class Outcome:
-    path: str
+    path: str  # the file, or the CLI command
     outcome: str
     detail: str = ""
     seconds: float = 0.0
+    files: tuple = ()  # the input files involved (kept when it is a defect)
 
     @property
     def defect(self) -> bool:
@@ -128,6 +129,13 @@ def evsim_command() -> list[str]:
 def run_cli(args: list, timeout: float = 60.0, memory: int = ADDRESS_SPACE, cwd: Path | None = None,
             env: dict | None = None) -> Outcome:
     """Run ``evsim ARGS``; refused = exit 1/2 without a traceback or a 'please report' line."""
+    files = tuple(str(a) for a in args if isinstance(a, Path) and a.is_file())
+    outcome = _run_cli(args, timeout, memory, cwd, env)
+    outcome.files = files
+    return outcome
+
+
+def _run_cli(args, timeout, memory, cwd, env) -> Outcome:
     start = time.monotonic()
     full_env = child_env()
     full_env.update(env or {})
@@ -156,9 +164,10 @@ def report(outcomes: list[Outcome], keep: Path | None = None) -> str:
     for o in outcomes:
         if o.defect:
             lines.append(f"{o.outcome}: {o.path}\n    {o.detail.strip()[-1500:]}")
-            if keep is not None and Path(o.path).is_file():
-                keep.mkdir(parents=True, exist_ok=True)
-                shutil.copy(o.path, keep / Path(o.path).name)
+            for name in o.files or (o.path,):
+                if keep is not None and Path(name).is_file():
+                    keep.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(name, keep / f"{Path(name).parent.name}-{Path(name).name}")
     return "\n".join(lines)
 
 
