@@ -449,16 +449,37 @@ class ByteCase:
 SEEDS = [(b, s, w) for b in sorted(BASES) for s in (".npz", ".h5") for w in ("evsim", "numpy")]
 
 
+DATA_SEEDS = [("data", s, w) for s in (".npz", ".h5") for w in ("numpy", "compressed")]
+
+
+def data_seed_bytes(suffix: str, writer: str) -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"seed{suffix}"
+        if suffix == ".npz" and writer == "compressed":
+            np.savez_compressed(path, **base_data())
+        elif suffix == ".h5" and writer == "compressed":
+            with h5py.File(path, "w") as f:
+                for key, value in base_data().items():
+                    f.create_dataset(key, data=value, chunks=True, compression="gzip")
+        else:
+            write_data(path, base_data())
+        return path.read_bytes()
+
+
 @functools.lru_cache(maxsize=None)
 def seed_files() -> dict:
-    """Every seed of :data:`SEEDS` as bytes (built once per process)."""
-    return {key: seed_bytes(*key) for key in SEEDS}
+    """Every seed of :data:`SEEDS` and :data:`DATA_SEEDS` as bytes (built once per process)."""
+    return {**{key: seed_bytes(*key) for key in SEEDS}, **{key: data_seed_bytes(*key[1:]) for key in DATA_SEEDS}}
 # positions: mostly in the first 8 kB, where headers, the manifest and the HDF5 heaps are
 positions = st.one_of(st.integers(0, 8191), st.integers(0, 2**20))
 byte_edits = st.tuples(st.sampled_from(["flip", "byte", "insert", "delete", "truncate", "int"]), positions,
                        st.integers(0, 2**16))
 byte_cases = st.builds(lambda seed, edits: ByteCase(*seed, edits), st.sampled_from(SEEDS),
                        st.lists(byte_edits, min_size=1, max_size=4).map(tuple))
+data_byte_cases = st.builds(lambda seed, edits: ByteCase(*seed, edits), st.sampled_from(DATA_SEEDS),
+                            st.lists(byte_edits, min_size=1, max_size=4).map(tuple))
 
 
 # --------------------------------------------------------------------------- data mutations

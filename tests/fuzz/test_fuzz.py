@@ -84,6 +84,12 @@ def _data(batch, tmp_path_factory):
     _check(harness.run_api("data", files), d)
 
 
+def _data_bytes(batch, tmp_path_factory):
+    d = _fresh(tmp_path_factory, "data-bytes")
+    files = corpus.write_all(batch, d)
+    _check(harness.run_api("data", files), d)
+
+
 @settings(CI, max_examples=4)
 @given(batch=st.lists(corpus.model_cases, min_size=60, max_size=60))
 def test_structure_mutations_are_refused_cleanly(batch, tmp_path_factory):
@@ -100,6 +106,12 @@ def test_byte_mutations_are_refused_cleanly(batch, tmp_path_factory):
 @given(batch=st.lists(corpus.data_cases, min_size=50, max_size=50))
 def test_data_mutations_are_refused_cleanly(batch, tmp_path_factory):
     _data(batch, tmp_path_factory)
+
+
+@settings(CI, max_examples=2)
+@given(batch=st.lists(corpus.data_byte_cases, min_size=60, max_size=60))
+def test_data_byte_mutations_are_refused_cleanly(batch, tmp_path_factory):
+    _data_bytes(batch, tmp_path_factory)
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -148,6 +160,13 @@ def test_campaign_bytes(batch, tmp_path_factory):
 @given(batch=st.lists(corpus.data_cases, min_size=50, max_size=50))
 def test_campaign_data(batch, tmp_path_factory):
     _data(batch, tmp_path_factory)
+
+
+@pytest.mark.fuzz
+@LONG
+@given(batch=st.lists(corpus.data_byte_cases, min_size=50, max_size=50))
+def test_campaign_data_bytes(batch, tmp_path_factory):
+    _data_bytes(batch, tmp_path_factory)
 
 
 @pytest.mark.fuzz
