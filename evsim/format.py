@@ -283,7 +283,7 @@ def output_target(path) -> Path:
         raise OutputError(describe(str(path), "a path evsim can write", f"{exc.strerror or exc}")) from None
     if not stat.S_ISREG(mode):
         kind = _FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
-        via = f" (through the symlink to {target})" if target != path.absolute() else ""
+        via = f" (through the symlink to {target})" if path.is_symlink() else ""
         raise OutputError(describe(str(path), "a regular file or a new name", f"{kind}{via}",
                                    "choose a file name; evsim only replaces regular files"))
     return target
@@ -327,8 +327,8 @@ def atomic_write(path, write: Callable[[Path], None]) -> None:
             _install_handlers()
         _pending.add(str(tmp))
     try:
-        os.chmod(tmp, mode)
         write(tmp)
+        os.chmod(tmp, mode)  # after writing: the mode may be read-only
         os.replace(tmp, target)
     finally:
         with _lock:

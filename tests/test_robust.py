@@ -381,6 +381,9 @@ def test_atomic_write_replaces_a_regular_file_and_keeps_its_mode(tmp_path):
     out.chmod(0o600)
     atomic_write(out, lambda tmp: tmp.write_text("new"))
     assert out.read_text() == "new" and (out.stat().st_mode & 0o777) == 0o600
+    out.chmod(0o444)  # read-only: replaced all the same (the directory is writable), and stays read-only
+    atomic_write(out, lambda tmp: tmp.write_text("newer"))
+    assert out.read_text() == "newer" and (out.stat().st_mode & 0o777) == 0o444
     assert not _temps(tmp_path)
 
 
