@@ -409,6 +409,13 @@ def seed_bytes(base: str, suffix: str, writer: str) -> bytes:
         path = Path(tmp) / f"seed{suffix}"
         if writer == "evsim":
             evsim.save(graph_from_manifest(json.dumps(manifest), arrays), path)
+        elif writer == "latest":  # object header v2, attributes in dense storage (fractal heap)
+            with h5py.File(path, "w", libver="latest") as f:
+                for i in range(12):
+                    f.attrs[f"note{i}"] = f"exporter note {i}"
+                f.attrs["evsim"] = json.dumps(manifest)
+                for name, value in arrays.items():
+                    f.create_dataset(f"arrays/{name}", data=value)
         else:
             write_model(path, manifest, arrays)
         return path.read_bytes()
@@ -446,7 +453,8 @@ class ByteCase:
         return out
 
 
-SEEDS = [(b, s, w) for b in sorted(BASES) for s in (".npz", ".h5") for w in ("evsim", "numpy")]
+SEEDS = [(b, s, w) for b in sorted(BASES) for s in (".npz", ".h5") for w in ("evsim", "numpy")] + \
+    [(b, ".h5", "latest") for b in sorted(BASES)]
 
 
 DATA_SEEDS = [("data", s, w) for s in (".npz", ".h5") for w in ("numpy", "compressed")]
