@@ -58,7 +58,7 @@ def child_env() -> dict:
     return env
 
 
-def run_api(mode: str, files: list[Path], timeout: float = 20.0, startup: float = 60.0,
+def run_api(mode: str, files: list[Path], timeout: float = 20.0, startup: float = 300.0,
             memory: int = ADDRESS_SPACE) -> list[Outcome]:
     """Run ``runner.py MODE`` over ``files``; a file that hangs or kills the child is pinned and skipped."""
     files = [str(f) for f in files]

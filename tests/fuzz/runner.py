@@ -43,6 +43,10 @@ MODES = {"model": run_model, "data": run_data}
 
 def main() -> None:
     mode, listing = sys.argv[1], sys.argv[2]
+    # import everything up front: the parent's per-file timeout must not pay for importing Numba
+    import evsim.data_io  # noqa: F401
+    import evsim.engine  # noqa: F401
+    import evsim.summary  # noqa: F401
     from evsim.errors import EvsimError
 
     files = json.loads(open(listing, encoding="utf-8").read())
