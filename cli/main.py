@@ -235,17 +235,21 @@ def report_steps(T: int) -> list[int]:
     return steps + [T]
 
 
-def energy_model(preset, e_mac, e_ac):
+def energy_model(presets, e_mac, e_ac, files=()):
+    """Energy models of ``--energy`` (names or ``all``, repeatable) and ``--energy-model FILE``;
+    ``--e-mac`` / ``--e-ac`` override the first one."""
     from dataclasses import replace
 
-    from evsim.results import EnergyModel
+    from evsim.energy import load_energy_model, resolve_models
 
-    model = EnergyModel.preset(preset)
+    loaded = [load_energy_model(f) for f in files]
+    models = resolve_models(list(presets) + loaded) if presets or not loaded else loaded
     if e_mac is not None or e_ac is not None:
-        model = replace(model, e_mac_pj=model.e_mac_pj if e_mac is None else e_mac,
-                        e_ac_pj=model.e_ac_pj if e_ac is None else e_ac, name=f"{model.name} (custom)",
-                        source=f"{model.source}; overridden on the command line")
-    return model
+        first = models[0]
+        models[0] = replace(first, mac_pj=first.mac_pj if e_mac is None else e_mac,
+                            synop_pj=first.synop_pj if e_ac is None else e_ac, name=f"{first.name}-custom",
+                            source=f"{first.source}; overridden on the command line")
+    return models
 
 
 def jit_split(timing: dict) -> str:
@@ -274,9 +278,11 @@ def print_results(results, verbose=False):
     out("")
     out(f"per sample over T={r.T}: {r.sops:,.0f} SOPs, {r.spikes:,.0f} spikes, "
         f"{r.macs:,} first-layer MACs ({r.first_layer_macs:,} per step)")
-    ratio = r.energy_snn_pj / r.energy_ann_pj if r.energy_ann_pj else float("nan")
-    out(f"energy per sample ({r.energy.name}: E_MAC {r.energy.e_mac_pj} pJ, E_AC {r.energy.e_ac_pj} pJ): "
-        f"SNN {r.energy_snn_pj / 1e6:.3f} uJ, ANN {r.energy_ann_pj / 1e6:.3f} uJ ({ratio:.2f}x)")
+    from evsim.energy import summary_lines
+
+    out("energy per sample (estimates: exact counts x per-operation energies; docs/usage.md#energy):")
+    for line in summary_lines(r.energy_pj):
+        out("  " + line)
     if verbose:
         t = r.timing
         out(f"time: model compile {t['compile_s']:.2f} s, simulate {t['simulate_s']:.2f} s: {jit_split(t)}")
@@ -353,7 +359,7 @@ def build_run_request(ctx: click.Context, p: dict) -> RunRequest:
         neuron = neuron_request(p["neuron"], p["neuron_params"], p["tau"], p["v0"], p["reset"])
     return RunRequest(model=p["model"], graph=graph, data=p["data"], T=p["T"], batch_size=p["batch_size"],
                       samples=p["samples"], precision=p["precision"], neuron=neuron,
-                      energy=energy_model(p["energy_preset"], p["e_mac"], p["e_ac"]),
+                      energy=energy_model(p["energy_preset"], p["e_mac"], p["e_ac"], p["energy_files"]),
                       with_ann=not p["no_ann"] and graph.kind == "ann", report=report,
                       json_stdout=p["as_json"] or p["report"] == STDOUT)
 
@@ -455,9 +461,13 @@ CONVERT_RULES = [
 
 #: checked once the model file is read
 CONVERT_MODEL_RULES = [
-    Rule(lambda f: f["kind"] != "ann",
+    Rule(lambda f: f["kind"] != "ann" and not f["to_nir"],
          lambda f: f"{escape(f['model'])} is already an SNN file (kind {f['kind']}): nothing to convert; run it "
-                   "with evsim run"),
+                   "with evsim run (or write it as NIR with -o FILE.nir)"),
+    Rule(lambda f: f["kind"] != "ann" and f["to_nir"] and f["given"] - {"model", "output", "verbose", "quiet",
+                                                                        "as_json"},
+         lambda f: f"{', '.join('--' + n.replace('_', '-') for n in sorted(f['given'] - {'model', 'output', 'verbose', 'quiet', 'as_json'}))} "
+                   f"do(es) not apply to {escape(f['model'])}: an SNN file is written to NIR as it is"),
     Rule(lambda f: f["keep_lambda"] and not f["qcfs"],
          lambda f: f"--keep-lambda does not apply to {escape(f['model'])}: it has no qcfs activation (no trained λ)"),
     Rule(lambda f: f["keep_lambda"] and not f["relu"],
@@ -543,7 +553,8 @@ def _theta_text_summary(t: dict) -> str:
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=str, metavar="PATH", help="SNN file to write (.h5 or .npz).")
+@click.option("-o", "--output", required=True, type=str, metavar="PATH",
+              help="SNN file to write (.h5 or .npz), or a NIR graph (.nir, see docs/nir.md).")
 @neuron_options
 @click.option("--threshold", default=None,
               help="Thresholds from data: max, or a percentile such as p99.9 or p99.99 "
@@ -574,14 +585,15 @@ def convert(ctx, **p):
     check_rules(CONVERT_RULES, facts)
     if p["threshold"] is not None:
         _threshold_ok(p["threshold"])
-    if Path(p["output"]).suffix.lower() not in MODEL_SUFFIXES:
+    to_nir = Path(p["output"]).suffix.lower() == ".nir"
+    if Path(p["output"]).suffix.lower() not in MODEL_SUFFIXES and not to_nir:
         raise click.BadParameter(f"{escape(p['output'])}: an SNN file name ends in .h5 or .npz (the container "
-                                 "follows the extension)", param_hint="'--output'")
+                                 "follows the extension), or .nir for a NIR graph", param_hint="'--output'")
     output = preflight_output(p["output"], "--output", inputs=(p["model"], p["calib_data"]))
     graph = evsim.load(p["model"])
     ops = [n.op for n in graph.nodes]
     check_rules(CONVERT_MODEL_RULES, {**facts, "kind": graph.kind, "qcfs": ops.count("qcfs"),
-                                      "relu": ops.count("relu")})
+                                      "relu": ops.count("relu"), "to_nir": to_nir})
     v0 = p["v0"]
     if v0 is not None:  # --v0 alone is --potential for convert
         p["potential"] = v0
@@ -598,10 +610,16 @@ def convert(ctx, **p):
             console.detail(what)
             interrupt.checkpoint()
 
-        snn = _calibrate(graph, x, request, p, progress)
+        # an SNN file to NIR is written as it is (its neuron options are fixed)
+        snn = graph if to_nir and graph.kind == "snn" else _calibrate(graph, x, request, p, progress)
     interrupt.checkpoint()
     with console.task(f"writing {output}"):
-        evsim.save(snn, output)
+        if to_nir:  # NIR export (docs/nir.md), needs the [nir] extra
+            from evsim.converters.nir_io import write_nir
+
+            write_nir(snn, output)
+        else:
+            evsim.save(snn, output)
     record = convert_record(snn, output)
     if p["as_json"]:
         console.out(dumps(record))

@@ -166,17 +166,6 @@ def test_integer_with_thousands_of_digits_is_a_manifest_error(qcfs):
         graph_from_manifest(text.replace('"levels": 4', '"levels": ' + "9" * 5000, 1), arrays)
 
 
-def test_energy_constants_are_validated():
-    from dataclasses import replace
-
-    from evsim.results import EnergyModel
-
-    for value in (math.nan, math.inf, -1.0, "1"):
-        with pytest.raises(ConversionError, match="e_mac_pj"):
-            replace(EnergyModel(), e_mac_pj=value)
-    assert replace(EnergyModel(), e_ac_pj=0.0).e_ac_pj == 0.0
-
-
 def test_percentile_accepts_ascii_digits_only():
     from evsim.converters.calibration import parse_statistic
     from evsim.errors import CalibrationError
