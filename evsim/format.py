@@ -271,13 +271,18 @@ def output_target(path) -> Path:
     Raises
     ------
     OutputError
-        ``path`` (or what it links to) is a directory, a device, a FIFO or a socket.
+        ``path`` (or what it links to) is a directory, a device, a FIFO or a socket, or
+        ``path`` is a symlink to nothing.
     """
     path = Path(path)
     target = Path(os.path.realpath(path))  # a symlink is written through to the file it points to
     try:
         mode = os.stat(target).st_mode
     except FileNotFoundError:
+        if path.is_symlink():  # as the CLI's preflight: a dangling link would create a file somewhere else
+            raise OutputError(describe(str(path), "a regular file or a new name",
+                                       f"a symlink to {os.readlink(path)}, which does not exist",
+                                       "remove the link or create its target")) from None
         return target
     except OSError as exc:
         raise OutputError(describe(str(path), "a path evsim can write", f"{exc.strerror or exc}")) from None
@@ -298,7 +303,8 @@ def atomic_write(path, write: Callable[[Path], None]) -> None:
 
     * Only a regular file (or nothing) is replaced: a directory, device, FIFO or socket at
       ``path`` is an :class:`~evsim.errors.OutputError`.
-    * A symlink is written through: the file it points to is replaced, the link stays.
+    * A symlink is written through: the file it points to is replaced, the link stays; a
+      dangling symlink is refused.
     * The temp file ``.<name>.evsim-tmp-<pid>-<random><suffix>`` lives in the target's
       directory and is removed on every exit path: exceptions, ``KeyboardInterrupt``, and
       SIGTERM/SIGINT/SIGHUP (a handler removes it, then the signal takes its usual course).

@@ -399,8 +399,9 @@ def test_atomic_write_writes_through_symlinks(tmp_path):
     assert not _temps(tmp_path) and not _temps(tmp_path / "real")
     dangling = tmp_path / "dangling.json"
     dangling.symlink_to(tmp_path / "real" / "new.json")
-    atomic_write(dangling, lambda tmp: tmp.write_text("created"))
-    assert (tmp_path / "real" / "new.json").read_text() == "created" and dangling.is_symlink()
+    with pytest.raises(OutputError, match="does not exist"):
+        atomic_write(dangling, lambda tmp: tmp.write_text("created"))
+    assert not (tmp_path / "real" / "new.json").exists() and dangling.is_symlink()
 
 
 def test_atomic_write_removes_its_temp_file_on_errors_and_keeps_the_old_file(tmp_path):
