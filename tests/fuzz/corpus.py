@@ -205,8 +205,8 @@ def _set(manifest, arrays, pick, value):
     return manifest, arrays
 
 
-NUMBER_INTS = [0, 1, 2, 3, 4, 5, 8, 16, 1024, 1025, 2**31, 2**62, 2**64, -1]
-NUMBER_FACTORS = [0.0, -1.0, 1e-30, 1e30, 1e300, math.nan, 2.0]
+NUMBER_INTS = [1, 2, 0, 3, 4, 5, 8, 16, 1024, 1025, 2**31, 2**62, 2**64, -1]  # the simplest pick is benign
+NUMBER_FACTORS = [2.0, 0.0, -1.0, 1e-30, 1e30, 1e300, math.nan]
 
 
 def _number(manifest, arrays, pick, choice):
@@ -392,6 +392,15 @@ class ModelCase:
             return None
 
 
+#: one small change of a number or of array values: most of these still load, so they reach
+#: conversion, compilation and simulation (``evsim run``)
+mild_mutations = st.one_of(
+    st.builds(Mutation, st.just("number"), st.tuples(picks, picks)),
+    st.builds(Mutation, st.just("array_values"), st.tuples(
+        picks, st.sampled_from([0.0, -1.0, 1e-38, 1e-3, 10.0, 1e6, 3e38, 1e300]), st.integers(-1, 1000))),
+)
+mild_model_cases = st.builds(ModelCase, st.sampled_from(["ann", "snn"]), st.tuples(mild_mutations),
+                             st.sampled_from([".npz", ".h5"]))
 model_cases = st.builds(ModelCase, st.sampled_from(sorted(BASES)), st.lists(mutations, min_size=1, max_size=3)
                         .map(tuple), st.sampled_from([".npz", ".h5"]))
 

@@ -115,9 +115,9 @@ def test_data_byte_mutations_are_refused_cleanly(batch, tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- the CLI
-def _cli(models, data, structure, data_batch, byte_batch, tmp_path_factory, runs: int, inspects: int):
+def _cli(models, data, structure, mild, data_batch, byte_batch, tmp_path_factory, runs: int, inspects: int):
     d = _fresh(tmp_path_factory, "cli")
-    files = corpus.write_all(structure, _sub(d, "m"))
+    files = corpus.write_all(structure, _sub(d, "m")) + corpus.write_all(mild, _sub(d, "mild"))
     loaded = harness.run_api("model", files)
     _check(loaded, d)
     # the files that load go deepest: run them; inspect a mix
@@ -125,19 +125,21 @@ def _cli(models, data, structure, data_batch, byte_batch, tmp_path_factory, runs
     shallow = [Path(o.path) for o in loaded if o.outcome != "ok"][:inspects]
     byte_files = corpus.write_all(byte_batch, _sub(d, "b"))[:inspects]
     data_files = corpus.write_all(data_batch, _sub(d, "d"))[:runs]
+    print(f"CLI: {len(deep)} mutated models run")
     outcomes = [harness.run_cli(["inspect", f]) for f in shallow + byte_files + deep]
     outcomes += [harness.run_cli(["run", f, "--data", data, "-T", 2, "--samples", 4]) for f in deep]
     outcomes += [harness.run_cli(["run", models["ann"], "--data", f, "-T", 2, "--samples", 4]) for f in data_files]
     _check(outcomes, d)
 
 
-@settings(CI, max_examples=1)
-@given(structure=st.lists(corpus.model_cases, min_size=80, max_size=80),
-       data_batch=st.lists(corpus.data_cases, min_size=4, max_size=4),
-       byte_batch=st.lists(corpus.byte_cases, min_size=4, max_size=4))
-def test_cli_inspect_and_run_on_mutated_files(structure, data_batch, byte_batch, cli_files, tmp_path_factory):
+@settings(CI, max_examples=2)  # hypothesis's first example is its simplest; the second is varied
+@given(structure=st.lists(corpus.model_cases, min_size=30, max_size=30),
+       mild=st.lists(corpus.mild_model_cases, min_size=8, max_size=8),
+       data_batch=st.lists(corpus.data_cases, min_size=2, max_size=2),
+       byte_batch=st.lists(corpus.byte_cases, min_size=2, max_size=2))
+def test_cli_inspect_and_run_on_mutated_files(structure, mild, data_batch, byte_batch, cli_files, tmp_path_factory):
     models, data = cli_files
-    _cli(models, data, structure, data_batch, byte_batch, tmp_path_factory, runs=4, inspects=4)
+    _cli(models, data, structure, mild, data_batch, byte_batch, tmp_path_factory, runs=2, inspects=2)
 
 
 # --------------------------------------------------------------------------- the long campaign (-m fuzz)
@@ -171,9 +173,10 @@ def test_campaign_data_bytes(batch, tmp_path_factory):
 
 @pytest.mark.fuzz
 @settings(LONG, max_examples=max(1, CAMPAIGN // 10))
-@given(structure=st.lists(corpus.model_cases, min_size=100, max_size=100),
+@given(structure=st.lists(corpus.model_cases, min_size=60, max_size=60),
+       mild=st.lists(corpus.mild_model_cases, min_size=30, max_size=30),
        data_batch=st.lists(corpus.data_cases, min_size=10, max_size=10),
        byte_batch=st.lists(corpus.byte_cases, min_size=10, max_size=10))
-def test_campaign_cli(structure, data_batch, byte_batch, cli_files, tmp_path_factory):
+def test_campaign_cli(structure, mild, data_batch, byte_batch, cli_files, tmp_path_factory):
     models, data = cli_files
-    _cli(models, data, structure, data_batch, byte_batch, tmp_path_factory, runs=10, inspects=10)
+    _cli(models, data, structure, mild, data_batch, byte_batch, tmp_path_factory, runs=10, inspects=10)
