@@ -184,7 +184,7 @@ class Graph:
 
 
 # --------------------------------------------------------------------------- attribute parsing
-def _pair(value, *, minimum: int) -> tuple[int, int] | None:
+def _pair(value, *, minimum: int, maximum: int) -> tuple[int, int] | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -192,10 +192,15 @@ def _pair(value, *, minimum: int) -> tuple[int, int] | None:
     if (
         isinstance(value, (list, tuple))
         and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
+        and all(isinstance(v, int) and not isinstance(v, bool) and minimum <= v <= maximum for v in value)
     ):
         return (int(value[0]), int(value[1]))
     return None
+
+
+#: upper bound of every integer attribute (kernel, stride, padding, dilation, groups, levels):
+#: far above any real network, and small enough that no index computed from it can overflow
+MAX_INT_ATTR = 2**16
 
 
 @dataclass(frozen=True)
@@ -207,15 +212,16 @@ class Attr:
     required: bool = False
     minimum: float = 0
     choices: tuple = ()
+    maximum: int = MAX_INT_ATTR
 
     def parse(self, value, where: str, key: str):
         if self.kind == "pair":
-            parsed = _pair(value, minimum=int(self.minimum))
-            expected = f"an integer >= {self.minimum} or a pair of them"
+            parsed = _pair(value, minimum=int(self.minimum), maximum=self.maximum)
+            expected = f"an integer in {self.minimum}..{self.maximum} or a pair of them"
         elif self.kind == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= self.minimum
+            ok = isinstance(value, int) and not isinstance(value, bool) and self.minimum <= value <= self.maximum
             parsed = int(value) if ok else None
-            expected = f"an integer >= {self.minimum}"
+            expected = f"an integer in {self.minimum}..{self.maximum}"
         elif self.kind == "float":
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             parsed = float(value) if ok and value > self.minimum else None
@@ -224,7 +230,9 @@ class Attr:
             parsed = value if value in self.choices else None
             expected = "one of " + ", ".join(map(repr, self.choices))
         if parsed is None:
-            raise ManifestError(describe(f"{where}, attribute '{key}'", expected, repr(value)))
+            text = repr(value)
+            raise ManifestError(describe(f"{where}, attribute '{key}'", expected,
+                                         text if len(text) <= 80 else text[:77] + "..."))
         return list(parsed) if isinstance(parsed, tuple) else parsed
 
 
