@@ -88,7 +88,6 @@ def test_neuron_model_that_is_not_a_string_is_refused():
     refused(harness.run_cli(["inspect", R / "neuron_model_dict.npz"]), "'model'")
 
 
-@pytest.mark.xfail(strict=False, reason=LEAD + "upper bounds for op integer attributes (stride 2**64 reaches Numba)")
 def test_pooling_stride_beyond_int64_is_refused(tmp_path):
     """Found by this suite: maxpool2d stride 2**64 validates, then fails to type in the pooling kernel."""
     import corpus
