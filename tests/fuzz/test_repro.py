@@ -82,7 +82,6 @@ def test_surrogate_node_name_is_printed():
     assert out.outcome == "ok", out.detail
 
 
-@pytest.mark.xfail(strict=False, reason=LEAD + "neurons.get_model with a non-string model name (TypeError)")
 def test_neuron_model_that_is_not_a_string_is_refused():
     """Found by this suite's campaign: a neuron node whose 'model' is a JSON object."""
     refused(harness.run_cli(["inspect", R / "neuron_model_dict.npz"]), "'model'")
@@ -189,7 +188,6 @@ def test_percentile_digits_are_ascii_only(tmp_path):
     refused(out, "percentile")
 
 
-@pytest.mark.xfail(strict=False, reason=LEAD + "the engine calls evsim.data_io.check_preprocessed before the cast")
 def test_inputs_that_overflow_the_simulation_dtype_are_refused(tmp_path):
     x = np.zeros((4, 1, 28, 28))
     x[2, 0, 3, 3] = 1e308
