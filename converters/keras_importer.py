@@ -159,7 +159,10 @@ def _load(path: Path, limit: int):
         with h5py.File(io.BytesIO(weights_bytes), "r") as f:
             weights = _Weights(path, limit).keras3(f, layers)
         return config, weights, str(meta.get("keras_version", "3"))
+    from evsim.h5guard import check_string_attribute
+
     with h5py.File(path, "r") as f:
+        check_string_attribute(f, path, "model_config", min(limit, MAX_CONFIG_BYTES))  # a corrupt heap hangs libhdf5
         text = _text(f.attrs["model_config"])
         if len(text) > MAX_CONFIG_BYTES:
             raise ContainerError(describe(f"{path}, 'model_config'", f"at most {MAX_CONFIG_BYTES} bytes",

@@ -243,3 +243,13 @@ def test_corrupted_files(tmp_path):
 def test_weights_over_memory_limit():
     with pytest.raises(evsim.errors.ResourceLimitError, match="EVSIM_MEMORY_LIMIT"):
         evsim.load(FIXTURES / "keras_functional.h5", limit=2000)
+
+
+def test_corrupt_config_heap_is_refused_before_libhdf5_reads_it(tmp_path):
+    """model_config is a string in an HDF5 global heap: a corrupt heap is refused (libhdf5 could spin on it)."""
+    data = bytearray((FIXTURES / "keras_functional.h5").read_bytes())
+    first = data.index(b"GCOL") + 16  # the first heap object's header: index, refcount, reserved, size
+    data[first + 8:first + 16] = (2**62).to_bytes(8, "little")
+    (tmp_path / "bad.h5").write_bytes(bytes(data))
+    with pytest.raises(ContainerError, match="attribute 'model_config'.*runs past the collection"):
+        evsim.load(tmp_path / "bad.h5")
