@@ -203,7 +203,7 @@ def _f64(fn):
     return run
 
 
-def _div(a, b):
+def _fold_div(a, b):
     if a.dtype.kind in "iu" and b.dtype.kind in "iu":
         return np.trunc(a / b).astype(np.result_type(a, b))
     return _f64(np.divide)(a, b)
@@ -215,7 +215,7 @@ def _axes(node, inputs, attrs, index=1):
     return attrs.get("axes")
 
 
-def _reduce(fn):
+def _fold_reduce(fn):
     def run(node, x, attrs):
         axes = _axes(node, x, attrs)
         keep = bool(attrs.get("keepdims", 1))
@@ -228,7 +228,7 @@ def _reduce(fn):
     return run
 
 
-def _slice(node, x, attrs):
+def _fold_slice(node, x, attrs):
     data, starts, ends = x[0], x[1], x[2]
     axes = list(range(len(starts))) if len(x) < 4 or x[3] is None else [int(a) for a in x[3]]
     steps = [1] * len(starts) if len(x) < 5 or x[4] is None else [int(s) for s in x[4]]
@@ -238,20 +238,20 @@ def _slice(node, x, attrs):
     return [data[tuple(index)]]
 
 
-def _reshape_const(node, x, attrs):
+def _fold_reshape(node, x, attrs):
     data, shape = x[0], [int(v) for v in x[1]]
     if not attrs.get("allowzero", 0):
         shape = [data.shape[i] if v == 0 else v for i, v in enumerate(shape)]
     return [data.reshape(shape)]
 
 
-def _cast(node, x, attrs):
+def _fold_cast(node, x, attrs):
     from onnx import helper
 
     return [x[0].astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))]
 
 
-def _constant(node, x, attrs):
+def _fold_constant(node, x, attrs):
     for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
         if key in attrs:
             value = attrs[key]
@@ -260,13 +260,13 @@ def _constant(node, x, attrs):
     raise ConversionError("Constant without a numeric value")
 
 
-def _clip(node, x, attrs):
+def _fold_clip(node, x, attrs):
     lo = x[1] if len(x) > 1 and x[1] is not None else -np.inf
     hi = x[2] if len(x) > 2 and x[2] is not None else np.inf
     return [np.clip(x[0], lo, hi).astype(x[0].dtype)]
 
 
-def _gemm(node, x, attrs):
+def _fold_gemm(node, x, attrs):
     a = x[0].T if attrs.get("transA", 0) else x[0]
     b = x[1].T if attrs.get("transB", 0) else x[1]
     out = attrs.get("alpha", 1.0) * (a @ b)
@@ -275,7 +275,7 @@ def _gemm(node, x, attrs):
     return [out.astype(x[0].dtype)]
 
 
-def _unsqueeze(node, x, attrs):
+def _fold_unsqueeze(node, x, attrs):
     out = x[0]
     axes = _axes(node, x, attrs)
     rank = out.ndim + len(axes)
@@ -284,12 +284,12 @@ def _unsqueeze(node, x, attrs):
     return [out]
 
 
-def _squeeze(node, x, attrs):
+def _fold_squeeze(node, x, attrs):
     axes = _axes(node, x, attrs)
     return [np.squeeze(x[0], axis=None if axes is None else tuple(axes))]
 
 
-def _flatten_const(node, x, attrs):
+def _fold_flatten(node, x, attrs):
     axis = attrs.get("axis", 1) % max(x[0].ndim, 1) if x[0].ndim else 0
     return [x[0].reshape(int(np.prod(x[0].shape[:axis], dtype=np.int64)), -1)]
 
@@ -298,17 +298,17 @@ def _flatten_const(node, x, attrs):
 FOLD = {
     "Identity": lambda n, x, a: [x[0]],
     "Dropout": lambda n, x, a: [x[0], np.ones(x[0].shape, bool)],
-    "Cast": _cast,
-    "Constant": _constant,
+    "Cast": _fold_cast,
+    "Constant": _fold_constant,
     "Shape": lambda n, x, a: [np.asarray(x[0].shape, np.int64)[a.get("start", 0):a.get("end")]],
     "Size": lambda n, x, a: [np.asarray(x[0].size, np.int64)],
     "Gather": lambda n, x, a: [np.take(x[0], x[1], axis=a.get("axis", 0))],
-    "Unsqueeze": _unsqueeze,
-    "Squeeze": _squeeze,
+    "Unsqueeze": _fold_unsqueeze,
+    "Squeeze": _fold_squeeze,
     "Concat": lambda n, x, a: [np.concatenate([np.asarray(v) for v in x], axis=a["axis"])],
-    "Reshape": _reshape_const,
-    "Flatten": _flatten_const,
-    "Slice": _slice,
+    "Reshape": _fold_reshape,
+    "Flatten": _fold_flatten,
+    "Slice": _fold_slice,
     "Transpose": lambda n, x, a: [np.transpose(x[0], a.get("perm"))],
     "Expand": lambda n, x, a: [x[0] * np.ones([int(v) for v in x[1]], dtype=x[0].dtype)],
     "Tile": lambda n, x, a: [np.tile(x[0], [int(v) for v in x[1]])],
@@ -318,7 +318,7 @@ FOLD = {
     "Add": lambda n, x, a: [x[0] + x[1]],
     "Sub": lambda n, x, a: [x[0] - x[1]],
     "Mul": lambda n, x, a: [x[0] * x[1]],
-    "Div": lambda n, x, a: [_div(x[0], x[1])],
+    "Div": lambda n, x, a: [_fold_div(x[0], x[1])],
     "Pow": lambda n, x, a: [_f64(np.power)(x[0], x[1]).astype(x[0].dtype)],
     "Neg": lambda n, x, a: [-x[0]],
     "Abs": lambda n, x, a: [np.abs(x[0])],
@@ -334,7 +334,7 @@ FOLD = {
     "Sigmoid": lambda n, x, a: [_f64(lambda v: 1.0 / (1.0 + np.exp(-v)))(x[0])],
     "Tanh": lambda n, x, a: [_f64(np.tanh)(x[0])],
     "Relu": lambda n, x, a: [np.maximum(x[0], 0).astype(x[0].dtype)],
-    "Clip": _clip,
+    "Clip": _fold_clip,
     "Max": lambda n, x, a: [np.maximum.reduce(np.broadcast_arrays(*x))],
     "Min": lambda n, x, a: [np.minimum.reduce(np.broadcast_arrays(*x))],
     "Sum": lambda n, x, a: [sum(x[1:], x[0])],
@@ -347,13 +347,13 @@ FOLD = {
     "Not": lambda n, x, a: [np.logical_not(x[0])],
     "And": lambda n, x, a: [np.logical_and(x[0], x[1])],
     "Or": lambda n, x, a: [np.logical_or(x[0], x[1])],
-    "ReduceProd": _reduce(np.prod),
-    "ReduceSum": _reduce(np.sum),
-    "ReduceMean": _reduce(np.mean),
-    "ReduceMax": _reduce(np.max),
-    "ReduceMin": _reduce(np.min),
+    "ReduceProd": _fold_reduce(np.prod),
+    "ReduceSum": _fold_reduce(np.sum),
+    "ReduceMean": _fold_reduce(np.mean),
+    "ReduceMax": _fold_reduce(np.max),
+    "ReduceMin": _fold_reduce(np.min),
     "MatMul": lambda n, x, a: [np.matmul(x[0], x[1])],
-    "Gemm": _gemm,
+    "Gemm": _fold_gemm,
 }
 
 
