@@ -203,11 +203,14 @@ def activation_option(func):
                              "CLASS=relu or CLASS=qcfs:WEIGHT_NAME,LEVELS. Repeatable.")(func)
 
 
-def load_model(path, activations=()):
+def load_model(path, activations=(), **importer_options):
     """``evsim.load`` with the importer options given on the command line (none: no options)."""
     import evsim
 
-    return evsim.load(path, **({"activations": list(activations)} if activations else {}))
+    options = {k: v for k, v in importer_options.items() if v is not None}
+    if activations:
+        options["activations"] = list(activations)
+    return evsim.load(path, **options)
 
 
 # --------------------------------------------------------------------------- inspect
@@ -368,6 +371,10 @@ def build_run_request(ctx: click.Context, p: dict) -> RunRequest:
     if p["report"] is not None and p["report"] != STDOUT:
         report = preflight_output(p["report"], "--report", inputs=(p["model"], p["data"]))
     graph = load_model(p["model"], p["activations"])
+    if getattr(graph, "importer", None) == "nir" and facts["given"] & {"reset", "v0"}:
+        # NIR's IF: --reset zero resets to v_reset, --v0 half starts at θ/2 (docs/nir.md): importer options
+        graph = load_model(p["model"], p["activations"], reset=p["reset"], v0=p["v0"])
+        facts["given"] = facts["given"] - {"reset", "v0"}
     check_rules(RUN_MODEL_RULES, {**facts, "kind": graph.kind})
     neuron = None
     if graph.kind == "ann":

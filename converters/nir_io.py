@@ -1273,3 +1273,20 @@ def write_nir(graph: Graph, path) -> None:
 
 
 _try_register()
+
+
+def _read_for_loader(path, *, limit=None, reset=None, v0=None):
+    """The importer registry's entry: ``evsim.load(path, reset=..., v0=...)``."""
+    return read_nir(path, reset=reset, v0=v0)
+
+
+def _importer():
+    from evsim.importers import Importer
+
+    return Importer("nir", sniff, _read_for_loader,
+                    'NIR graphs (.nir, from Sinabs, snnTorch, Norse, ...; pip install "evsim[nir]")',
+                    frozenset({"reset", "v0"}))
+
+
+#: registered with evsim.load through the entry-point group evsim.importers (pyproject.toml)
+IMPORTER = _importer()
