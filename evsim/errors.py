@@ -14,6 +14,8 @@ them into a single clean line and a non-zero exit code in one place
     ├── DataError               a data file (x, y) that cannot be used as it is
     ├── ConversionError         an ANN that cannot become an SNN as it stands
     ├── CalibrationError        calibration asked for something it cannot do
+    ├── CheckpointError         a checkpoint directory written by a different run (model, data, settings)
+    ├── ClusterError            a Dask cluster that cannot be reached or lost the work
     └── MissingDependencyError  an optional extra (matplotlib, torch ...) is not installed
 
 Messages follow one pattern: *where* (file, node), *what was expected*, *what was
@@ -33,6 +35,8 @@ __all__ = [
     "DataError",
     "ConversionError",
     "CalibrationError",
+    "CheckpointError",
+    "ClusterError",
     "MissingDependencyError",
     "describe",
 ]
@@ -76,6 +80,14 @@ class ConversionError(EvsimError):
 
 class CalibrationError(EvsimError):
     """Calibration was asked for something it cannot do with what it was given."""
+
+
+class CheckpointError(EvsimError):
+    """A checkpoint directory cannot be used for this run (written by a different model, data or settings)."""
+
+
+class ClusterError(EvsimError):
+    """A Dask cluster cannot be reached, has no workers, or lost a task more often than allowed."""
 
 
 class MissingDependencyError(EvsimError):
