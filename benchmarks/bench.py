@@ -277,7 +277,8 @@ def check_spikes(net, T, rate, n):
     from nets import DenseSNN, neuron_names
     graph = build(net, T, rate)
     x = inputs(n)
-    _, stats, logits = Simulator(compile_network(graph), np.float64).run_batch(x, T)
+    r = Simulator(compile_network(graph), np.float64).run_batch(x, T)
+    stats, logits = r.stats, r.logits
     out, spikes = DenseSNN(graph, "float64").run(x, T, record=True)
     names = neuron_names(graph)
     same = [np.array_equal(stats[k][:, 0], spikes[k].astype(np.int64)) for k in names]
@@ -294,7 +295,7 @@ def scaling_worker(args):
     sims = [simulator(args.net, args.T, r) for r in rates]
     sops, fired = [], []
     for sim in sims:
-        _, stats, _ = sim.run_batch(x, args.T)
+        stats = sim.run_batch(x, args.T).stats
         sops.append(float(sum(s[:, 2].sum() for s in stats.values())))
         n = sum(p.size for p in sim.network.populations)
         fired.append(float(sum(s[:, 0].sum() for s in stats.values())) / (len(x) * args.T * n))

@@ -92,8 +92,7 @@ def conversion_options(neuron, tau, v0, reset):
         return None
     from evsim.convert import ConversionOptions
 
-    return ConversionOptions(neuron=NEURON_CHOICES[neuron or "if"], tau=4 if tau is None else tau,
-                             v0=v0 or "half", reset=reset or "subtract")
+    return ConversionOptions(neuron=NEURON_CHOICES[neuron or "if"], tau=tau, v0=v0, reset=reset)
 
 
 def report_steps(T: int) -> list[int]:
@@ -235,6 +234,7 @@ def convert(model, output, neuron, tau, v0, reset, threshold, channelwise, poten
             calib_data, calib_samples, data_samples, include_zeros, keep_lambda, T):
     """Convert (and calibrate) an ANN MODEL into an SNN file that `evsim run` simulates."""
     import evsim
+    from evsim.convert import ConversionOptions
     from evsim.converters.calibration import calibrate
     from evsim.data_io import load_data
 
@@ -243,7 +243,8 @@ def convert(model, output, neuron, tau, v0, reset, threshold, channelwise, poten
     if calib_data is not None:
         x, _ = load_data(calib_data, graph.input.shape, None, calib_samples)
     options = conversion_options(neuron, tau, v0, reset)
-    kwargs = {} if options is None else {"neuron": options.neuron, "tau": options.tau, "reset": options.reset}
+    kwargs = {} if options is None else {"options": ConversionOptions(options.neuron, reset=options.reset,
+                                                                       params=options.params)}
     if options is not None and v0 is not None and potential == "half":
         potential = options.v0
     if data_samples is not None:

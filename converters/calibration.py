@@ -29,7 +29,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from evsim.ann import forward
-from evsim.convert import NEURON_MODELS, ConversionOptions, convert
+from evsim.convert import ConversionOptions, convert
+from evsim.ops import OPS
 from evsim.data_io import check_data
 from evsim.errors import CalibrationError, ConversionError, describe
 from evsim.graph import Graph, Node, validate
@@ -487,17 +488,6 @@ def _channel(param: np.ndarray, ndim: int) -> np.ndarray:
     return param.reshape((1, -1) + (1,) * (ndim - 2)) if param.ndim == 1 else param
 
 
-#: ops whose output moves by exactly δ_c when one input moves by δ_c (per channel)
-_TRANSPARENT: dict[str, Callable[[Node], bool]] = {
-    "add": lambda n: True,
-    "global_avgpool": lambda n: True,
-    "maxpool2d": lambda n: True,  # max(z + δ) = max(z) + δ (padding is -inf)
-    "avgpool2d": lambda n: tuple(n.attrs["padding"]) == (0, 0),  # zero padding would dilute δ at borders
-}
-#: ops with a per-channel additive parameter, and its role
-_BIASED: dict[str, str] = {"conv2d": "bias", "linear": "bias", "batchnorm": "beta"}
-
-
 def _bias_target(snn: Graph, name: str) -> tuple[Node, str]:
     """The node (and array role) whose per-channel shift moves population ``name``'s input.
 
@@ -516,12 +506,13 @@ def _bias_target(snn: Graph, name: str) -> tuple[Node, str]:
             node = snn.node(src)
             if len(users[src]) != 1:
                 continue  # shifting it would also move its other consumers
-            if node.op in _BIASED:
+            spec = OPS[node.op]
+            if spec.bias_role is not None:
                 found.append(node)
-            elif node.op in _TRANSPARENT and _TRANSPARENT[node.op](node):
+            elif spec.shift is not None and spec.shift(node):  # output moves by exactly δ_c with its input
                 following.extend(node.inputs)
         if len(found) == 1:
-            return found[0], _BIASED[found[0].op]
+            return found[0], OPS[found[0].op].bias_role
         if found:
             raise CalibrationError(describe(
                 where, "one closest conv2d/linear/batchnorm feeding it, for bias calibration",
@@ -551,7 +542,7 @@ def _snn_rate(snn: Graph, name: str, x: np.ndarray, T: int) -> np.ndarray:
     from evsim.engine import Simulator
 
     network = compile_network(_probe(snn, name))
-    counts = Simulator(network, np.float64).run_batch(x, T, record=(name,))[3][name]
+    counts = Simulator(network, np.float64).run_batch(x, T, record=(name,)).recorded[name]
     unit = network.population(name).unit
     return counts * _channel(unit, counts.ndim) / T
 
@@ -593,15 +584,8 @@ def _check_bool(name: str, value) -> None:
         raise CalibrationError(describe(f"calibration option {name}", "True or False", repr(value)))
 
 
-def _neuron(name) -> str:
-    key = name.replace("-", "_") if isinstance(name, str) else name
-    if key not in NEURON_MODELS:
-        raise CalibrationError(describe("calibration option neuron", "one of if, signed-if, gn", repr(name)))
-    return key
-
-
-def calibrate(graph: Graph, x_calib: np.ndarray | None = None, *, neuron: str = "if", tau: int = 4,
-              reset: str = "subtract", threshold: str | None = None, channelwise: bool = False,
+def calibrate(graph: Graph, x_calib: np.ndarray | None = None, options: ConversionOptions | None = None, *,
+              threshold: str | None = None, channelwise: bool = False,
               potential: str = "half", bias_calibration: bool = False, T: int | None = None,
               calib_samples: int | None = None, batch_size: int = 256, include_zeros: bool = False,
               override_qcfs: bool | None = None, data_samples: int = DATA_SAMPLES) -> Graph:
@@ -614,10 +598,9 @@ def calibrate(graph: Graph, x_calib: np.ndarray | None = None, *, neuron: str = 
     x_calib : ndarray, (N, *input.shape), optional
         Raw calibration inputs (the model's preprocessing is applied).  Needed for
         ``relu`` nodes, ``override_qcfs``, ``potential="data"`` and ``bias_calibration``.
-    neuron : {"if", "signed-if", "gn"}
-        Neuron model (``signed_if`` is accepted too); ``tau`` members for ``gn``.
-    tau : int
-    reset : {"subtract", "zero"}
+    options : ConversionOptions, optional
+        Neuron model and its options (default IF).  Its ``v0`` must agree with
+        ``potential`` ("half"/"zero"); ``potential="data"`` starts from its v0 rule.
     threshold : str, optional
         ``"max"`` or ``"pXX.X"``: the statistic of each relu's ANN output over
         ``x_calib`` (required when the model has relu nodes); see ``override_qcfs``
@@ -676,17 +659,24 @@ def calibrate(graph: Graph, x_calib: np.ndarray | None = None, *, neuron: str = 
         raise CalibrationError(describe("calibration option potential", "one of " + ", ".join(POTENTIALS),
                                         repr(potential)))
     method = POTENTIALS[potential]
-    _check_int("tau", tau, 1)
+    options = options or ConversionOptions()
+    if not isinstance(options, ConversionOptions):
+        raise CalibrationError(describe("calibration option options", "a ConversionOptions", type(options).__name__))
+    if method.data:
+        start = options.v0_rule
+    elif options.v0 is not None and options.v0 != method.v0:
+        raise CalibrationError(describe("calibration options", "one initial potential",
+                                        f"v0={options.v0!r} and potential={potential!r}",
+                                        "give one of them (CLI: --potential half|zero|data; --v0 is for run)"))
+    else:
+        start = method.v0
     _check_int("batch_size", batch_size, 1)
     _check_int("data_samples", data_samples, 1)
     if calib_samples is not None:
         _check_int("calib_samples", calib_samples, 1, "CLI: --calib-samples N with N >= 1")
     if T is not None:
         _check_int("T", T, 1, "CLI: -T with at least 1 step")
-    try:
-        options = ConversionOptions(neuron=_neuron(neuron), tau=int(tau), v0=method.v0, reset=reset)
-    except ConversionError as exc:  # the options' own checks, raised as the one error type of this function
-        raise CalibrationError(str(exc)) from None
+    options = ConversionOptions(options.neuron, v0=start, reset=options.reset, params=options.params)
     stat = parse_statistic(threshold) if threshold is not None else None
 
     where = graph.source

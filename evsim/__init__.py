@@ -7,6 +7,7 @@ from .convert import ConversionOptions, convert
 from .errors import EvsimError
 from .format import load, save
 from .graph import Graph, InputSpec, Node, validate
+from .neurons import register_neuron
 
 __version__ = "0.1.0"
 
@@ -15,13 +16,19 @@ _LAZY = {
     "compile_network": "evsim.compile",
     "Network": "evsim.compile",
     "simulate": "evsim.engine",
+    "Simulator": "evsim.engine",
+    "as_network": "evsim.engine",
     "Results": "evsim.results",
+    "BatchResult": "evsim.results",
+    "RunPlan": "evsim.results",
     "EnergyModel": "evsim.results",
+    "SerialRunner": "evsim.runners",
+    "ArraySource": "evsim.runners",
     "load_data": "evsim.data_io",
 }
 
 __all__ = ["ConversionOptions", "EvsimError", "Graph", "InputSpec", "Node", "convert", "load", "save", "validate",
-           *_LAZY]
+           "register_neuron", *_LAZY]
 
 
 def __getattr__(name):

@@ -1,9 +1,9 @@
 """A plain NumPy executor for the ANN graph (no deep-learning framework).
 
 Used for the ANN's own accuracy, for calibration (it records activations), and by
-the SNN compiler for the constant per-step currents (bias and analog input).  Ops are
-a registry, :data:`FORWARD`, keyed by op name; every function takes the node and its
-input values (batch first) and returns the node's value.
+the SNN compiler for the constant per-step currents (bias and analog input).  Each op's
+forward function sits in its entry of the op registry (:data:`evsim.ops.OPS`); it takes
+the node and its input values (batch first) and returns the node's value.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .errors import ConversionError, describe
 from .graph import Graph, Node
 
-__all__ = ["FORWARD", "forward", "predict", "conv2d", "qcfs"]
+__all__ = ["forward", "predict", "conv2d", "qcfs", "windows"]
 
 
 def _channel(param: np.ndarray, ndim: int) -> np.ndarray:
@@ -23,7 +23,7 @@ def _channel(param: np.ndarray, ndim: int) -> np.ndarray:
     return param.reshape((1, -1) + (1,) * (ndim - 2)) if param.ndim == 1 else param
 
 
-def _windows(x: np.ndarray, kernel, stride, padding, dilation=(1, 1), fill=0.0) -> np.ndarray:
+def windows(x: np.ndarray, kernel, stride, padding, dilation=(1, 1), fill=0.0) -> np.ndarray:
     """View of shape (B, C, H_out, W_out, kH, kW) over the padded input."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     if ph or pw:
@@ -36,7 +36,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias=None, stride=(1, 1), padding=
            groups: int = 1) -> np.ndarray:
     """2-D cross-correlation with zero padding, PyTorch semantics, on a batch (B, C, H, W)."""
     c_out, c_in_g, kh, kw = weight.shape
-    win = _windows(x, (kh, kw), stride, padding, dilation)
+    win = windows(x, (kh, kw), stride, padding, dilation)
     b, c, ho, wo = win.shape[:4]
     win = win.reshape(b, groups, c_in_g, ho, wo, kh, kw)
     w = weight.reshape(groups, c_out // groups, c_in_g, kh, kw).astype(x.dtype, copy=False)
@@ -50,54 +50,6 @@ def qcfs(z: np.ndarray, threshold: np.ndarray, levels: int) -> np.ndarray:
     """QCFS activation ``λ·clip(floor(z·L/λ + 1/2)/L, 0, 1)`` (λ scalar or per channel)."""
     lam = _channel(threshold.astype(z.dtype, copy=False), z.ndim)
     return lam * np.clip(np.floor(z * levels / lam + 0.5) / levels, 0, 1)
-
-
-def _conv(node: Node, x):
-    a = node.attrs
-    return conv2d(x[0], node.arrays["weight"], node.arrays.get("bias"), a["stride"], a["padding"], a["dilation"],
-                  a["groups"])
-
-
-def _linear(node: Node, x):
-    flat = x[0].reshape(x[0].shape[0], -1)
-    out = flat @ node.arrays["weight"].T.astype(flat.dtype, copy=False)
-    if "bias" in node.arrays:
-        out += node.arrays["bias"].astype(flat.dtype, copy=False)
-    return out
-
-
-def _batchnorm(node: Node, x):
-    p, v = node.arrays, x[0]
-    scale = p["gamma"] / np.sqrt(p["var"] + node.attrs["eps"])
-    shift = p["beta"] - p["mean"] * scale
-    return v * _channel(scale.astype(v.dtype), v.ndim) + _channel(shift.astype(v.dtype), v.ndim)
-
-
-def _avgpool(node: Node, x):
-    a = node.attrs
-    kh, kw = a["kernel"]
-    # divisor kH*kW everywhere: PyTorch's default count_include_pad=True
-    return _windows(x[0], a["kernel"], a["stride"], a["padding"]).sum(axis=(4, 5)) / (kh * kw)
-
-
-def _maxpool(node: Node, x):
-    a = node.attrs
-    return _windows(x[0], a["kernel"], a["stride"], a["padding"], fill=-np.inf).max(axis=(4, 5))
-
-
-#: op name -> forward function (node, list of input values) -> value
-FORWARD: dict[str, Callable[[Node, list], np.ndarray]] = {
-    "conv2d": _conv,
-    "linear": _linear,
-    "batchnorm": _batchnorm,
-    "relu": lambda node, x: np.maximum(x[0], 0),
-    "qcfs": lambda node, x: qcfs(x[0], node.arrays["threshold"], node.attrs["levels"]),
-    "avgpool2d": _avgpool,
-    "maxpool2d": _maxpool,
-    "global_avgpool": lambda node, x: x[0].mean(axis=(2, 3)),
-    "flatten": lambda node, x: x[0].reshape(x[0].shape[0], -1),
-    "add": lambda node, x: sum(x[1:], x[0]),
-}
 
 
 def forward(graph: Graph, x: np.ndarray | None, wanted: Iterable[str] | None = None,
@@ -125,6 +77,8 @@ def forward(graph: Graph, x: np.ndarray | None, wanted: Iterable[str] | None = N
     dict
         Node name -> value for every node in ``wanted``.
     """
+    from .ops import OPS
+
     wanted = [graph.output] if wanted is None else list(wanted)
     values: dict[str, np.ndarray] = dict(fixed or {})
     if x is not None and "input" not in values:
@@ -136,7 +90,7 @@ def forward(graph: Graph, x: np.ndarray | None, wanted: Iterable[str] | None = N
     for node in graph.nodes:
         if node.name not in needed or node.name in values:
             continue
-        fn = FORWARD.get(node.op)
+        fn = OPS[node.op].forward
         if fn is None:
             raise ConversionError(describe(f"node '{node.name}'", "an op the ANN executor can evaluate",
                                            repr(node.op), "evaluate the ANN model, not the SNN file"))

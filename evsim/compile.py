@@ -36,16 +36,15 @@ import scipy.sparse as sp
 
 from .ann import forward
 from .errors import ConversionError, describe
-from .graph import Graph, memory_limit, node_macs
+from .graph import Graph, node_macs
+from .neurons import get_model
+from .operators import ConvOp, MatrixOp, conv_matrix, identity, is_diagonal, shape3 as _shape3
+from .ops import OPS
 
 __all__ = ["Population", "Gate", "Projection", "Network", "compile_network", "ConvOp", "MatrixOp",
            "compose_path", "conv_matrix", "hwc_order", "to_engine_layout"]
 
 Shape3 = tuple[int, int, int]
-
-
-def _shape3(shape) -> Shape3:
-    return tuple(shape) if len(shape) == 3 else (int(shape[0]), 1, 1)
 
 
 def hwc_order(shape) -> np.ndarray:
@@ -61,245 +60,18 @@ def to_engine_layout(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values.reshape(values.shape[0], -1))
 
 
-# --------------------------------------------------------------------------- operators
-@dataclass
-class ConvOp:
-    """An implicit convolution ``(C, H, W) -> (C_out, H_out, W_out)``.
-
-    Source positions at or beyond ``crop`` are never read (treated as zero): they
-    lie past the last window of a pooling that was composed into this convolution.
-    """
-
-    weight: np.ndarray  # (C_out, C_in/groups, kH, kW), float64
-    groups: int
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    in_shape: Shape3
-    crop: tuple[int, int]
-    out_shape: Shape3
-
-    @property
-    def depthwise(self) -> bool:
-        return self.groups == self.in_shape[0] == self.out_shape[0]
-
-
-@dataclass
-class MatrixOp:
-    """A materialised linear map; ``matrix`` is (F_in, F_out), channels-first flat."""
-
-    matrix: object  # ndarray or scipy.sparse.csr_matrix
-    in_shape: Shape3
-    out_shape: Shape3
-
-
-def _conv_op(weight, groups, stride, padding, dilation, in_shape) -> ConvOp:
-    c_out, _, kh, kw = weight.shape
-    _, h, w = in_shape
-    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    return ConvOp(np.asarray(weight, dtype=np.float64), groups, tuple(stride), tuple(padding), tuple(dilation),
-                  in_shape, (in_shape[1], in_shape[2]), (c_out, ho, wo))
-
-
-def _depthwise(per_channel: np.ndarray, kernel, stride, padding, in_shape) -> ConvOp:
-    c = in_shape[0]
-    weight = np.broadcast_to(per_channel.reshape(c, 1, 1, 1), (c, 1) + tuple(kernel)).copy()
-    return _conv_op(weight, c, stride, padding, (1, 1), in_shape)
-
-
-def identity(shape) -> ConvOp:
-    """The identity map as a 1x1 depthwise convolution."""
-    s = _shape3(shape)
-    return _depthwise(np.ones(s[0]), (1, 1), (1, 1), (0, 0), s)
-
-
-def conv_matrix(op: ConvOp) -> sp.csr_matrix:
-    """The (F_in, F_out) sparse matrix of a :class:`ConvOp`, channels-first flat."""
-    c_in, h, w = op.in_shape
-    c_out, ho, wo = op.out_shape
-    _, cig, kh, kw = op.weight.shape
-    cog = c_out // op.groups
-    nnz = c_out * cig * kh * kw * ho * wo
-    if nnz * 16 > memory_limit():
-        raise ConversionError(describe("projection", f"a composed connectivity of at most {memory_limit()} bytes",
-                                       f"{nnz} synapses", "raise EVSIM_MEMORY_LIMIT or simplify the network"))
-    co = np.arange(c_out)[:, None, None, None]
-    ci = (co // cog) * cig + np.arange(cig)[None, :, None, None]
-    oy = np.arange(ho)[None, None, :, None]
-    ox = np.arange(wo)[None, None, None, :]
-    rows, cols, vals = [], [], []
-    for ky in range(kh):
-        for kx in range(kw):
-            y = oy * op.stride[0] - op.padding[0] + ky * op.dilation[0]
-            x = ox * op.stride[1] - op.padding[1] + kx * op.dilation[1]
-            ok = (y >= 0) & (y < op.crop[0]) & (x >= 0) & (x < op.crop[1])
-            ok = np.broadcast_to(ok, (c_out, cig, ho, wo))
-            src = (ci * h + y) * w + x
-            dst = (co * ho + oy) * wo + ox
-            val = np.broadcast_to(op.weight[:, :, ky, kx][:, :, None, None], ok.shape)
-            rows.append(np.broadcast_to(src, ok.shape)[ok])
-            cols.append(np.broadcast_to(dst, ok.shape)[ok])
-            vals.append(val[ok])
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                         shape=(c_in * h * w, c_out * ho * wo))
-
-
-def _as_matrix(op) -> object:
-    return op.matrix if isinstance(op, MatrixOp) else conv_matrix(op)
-
-
-def _matmul(a, b):
-    if sp.issparse(a):
-        return a @ b
-    if sp.issparse(b):
-        return np.asarray((b.T @ a.T).T)
-    return a @ b
-
-
-def _exact_1d(n_crop: int, k: int, s: int, p: int, d: int, m: int, kb: int, sb: int, pb: int, db: int,
-              mb: int) -> bool:
-    """Whether conv b after conv a (one axis) equals the composed conv at the borders.
-
-    b reads a's output at t = q*sb - pb + j*db; positions t outside [0, m) are zero
-    padding for b, but the composed conv would evaluate a there: exact iff every
-    such evaluation reads only cropped-away source positions.
-    """
-    if d != 1 or db != 1:
-        return False
-    for q in range(mb):
-        for j in range(kb):
-            t = q * sb - pb + j
-            if 0 <= t < m:
-                continue
-            if any(0 <= t * s - p + r < n_crop for r in range(k)):
-                return False
-    return True
-
-
-def _compose_convs(a: ConvOp, b: ConvOp) -> ConvOp | None:
-    """b ∘ a as one convolution, or None where that would not be exact or simple."""
-    kah, kaw = a.weight.shape[2:]
-    kbh, kbw = b.weight.shape[2:]
-    # source positions past a's last window are never read: crop them first
-    crop = tuple(min(a.crop[i], (a.out_shape[1 + i] - 1) * a.stride[i] - a.padding[i]
-                     + a.dilation[i] * (a.weight.shape[2 + i] - 1) + 1) for i in (0, 1))
-    for axis in (0, 1):
-        ka, kb = (kah, kbh) if axis == 0 else (kaw, kbw)
-        if not _exact_1d(crop[axis], ka, a.stride[axis], a.padding[axis], a.dilation[axis], a.out_shape[1 + axis],
-                         kb, b.stride[axis], b.padding[axis], b.dilation[axis], b.out_shape[1 + axis]):
-            return None
-    (sah, saw) = a.stride
-    kh, kw = kah + (kbh - 1) * sah, kaw + (kbw - 1) * saw
-    c_out = b.out_shape[0]
-    if a.depthwise:
-        cig = b.weight.shape[1]
-        cog = c_out // b.groups
-        ch = (np.arange(c_out)[:, None] // cog) * cig + np.arange(cig)[None, :]
-        inner, groups = a.weight[ch, 0], b.groups  # (C_out, cig, kah, kaw)
-        mix = lambda jy, jx: b.weight[:, :, jy, jx][:, :, None, None] * inner  # noqa: E731
-    elif b.depthwise:
-        cig, groups = a.weight.shape[1], a.groups
-        mix = lambda jy, jx: b.weight[:, 0, jy, jx][:, None, None, None] * a.weight  # noqa: E731
-    elif a.groups == b.groups == 1:
-        cig, groups = a.weight.shape[1], 1
-        mix = lambda jy, jx: np.einsum("om,mihw->oihw", b.weight[:, :, jy, jx], a.weight)  # noqa: E731
-    else:
-        return None
-    weight = np.zeros((c_out, cig, kh, kw))
-    for jy in range(kbh):
-        for jx in range(kbw):
-            weight[:, :, jy * sah:jy * sah + kah, jx * saw:jx * saw + kaw] += mix(jy, jx)
-    stride = (a.stride[0] * b.stride[0], a.stride[1] * b.stride[1])
-    padding = (b.padding[0] * a.stride[0] + a.padding[0], b.padding[1] * a.stride[1] + a.padding[1])
-    return ConvOp(weight, groups, stride, padding, (1, 1), a.in_shape, crop, b.out_shape)
-
-
-def _is_diagonal(op) -> bool:
-    """One weight per channel from each neuron to the neuron at the same position (identity, BN)."""
-    return (isinstance(op, ConvOp) and op.depthwise and op.weight.shape[2:] == (1, 1) and op.stride == (1, 1)
-            and op.padding == (0, 0) and op.crop == op.in_shape[1:] and op.out_shape == op.in_shape)
-
-
-def _is_identity(op) -> bool:
-    return _is_diagonal(op) and bool(np.all(op.weight == 1))
-
-
-def _then_conv(op, conv: ConvOp):
-    if _is_identity(op):
-        return conv
-    if isinstance(op, ConvOp):
-        composed = _compose_convs(op, conv)
-        if composed is not None:
-            return composed
-    return MatrixOp(_matmul(_as_matrix(op), conv_matrix(conv)), op.in_shape, conv.out_shape)
-
-
-def _step_conv(op, node, structural):
-    a = node.attrs
-    w = np.ones_like(node.arrays["weight"]) if structural else node.arrays["weight"]
-    return _then_conv(op, _conv_op(w, a["groups"], a["stride"], a["padding"], a["dilation"], op.out_shape))
-
-
-def _step_avgpool(op, node, structural):
-    a = node.attrs
-    value = 1.0 if structural else 1.0 / (a["kernel"][0] * a["kernel"][1])
-    return _then_conv(op, _depthwise(np.full(op.out_shape[0], value), a["kernel"], a["stride"], a["padding"],
-                                     op.out_shape))
-
-
-def _step_global_avgpool(op, node, structural):
-    _, h, w = op.out_shape
-    value = 1.0 if structural else 1.0 / (h * w)
-    return _then_conv(op, _depthwise(np.full(op.out_shape[0], value), (h, w), (h, w), (0, 0), op.out_shape))
-
-
-def _step_batchnorm(op, node, structural):
-    p = node.arrays
-    scale = np.ones(len(p["gamma"])) if structural else p["gamma"] / np.sqrt(p["var"] + node.attrs["eps"])
-    if isinstance(op, MatrixOp):
-        per_column = np.repeat(scale, op.out_shape[1] * op.out_shape[2])
-        m = op.matrix.multiply(per_column[None, :]).tocsr() if sp.issparse(op.matrix) else op.matrix * per_column
-        return MatrixOp(m, op.in_shape, op.out_shape)
-    return _then_conv(op, _depthwise(scale, (1, 1), (1, 1), (0, 0), op.out_shape))
-
-
-def _step_flatten(op, node, structural):
-    c, h, w = op.out_shape
-    if h * w == 1:  # (C, 1, 1) and (C,) share one layout
-        return op
-    return MatrixOp(_as_matrix(op), op.in_shape, (c * h * w, 1, 1))
-
-
-def _step_linear(op, node, structural):
-    w = node.arrays["weight"]
-    w = np.ones_like(w) if structural else w.astype(np.float64)
-    matrix = _matmul(_as_matrix(op), w.T)
-    return MatrixOp(np.asarray(matrix.todense()) if sp.issparse(matrix) else matrix, op.in_shape,
-                    (w.shape[0], 1, 1))
-
-
-#: op name -> how a path operator continues through that node (add: paths are summed)
-COMPOSE = {
-    "conv2d": _step_conv,
-    "avgpool2d": _step_avgpool,
-    "global_avgpool": _step_global_avgpool,
-    "batchnorm": _step_batchnorm,
-    "flatten": _step_flatten,
-    "linear": _step_linear,
-    "add": lambda op, node, structural: op,
-}
-
-
 def compose_path(chain, source_shape, structural: bool = False):
     """Compose the nodes of one path into a :class:`ConvOp` or :class:`MatrixOp`.
 
-    With ``structural=True`` every weight is replaced by one, so the result's non-zero
-    pattern is the structural connectivity (no cancellation can hide a synapse).
+    ``chain`` holds nodes, or ``(node, input index)`` pairs (the input through which the
+    path enters each node).  With ``structural=True`` every weight is replaced by one, so
+    the result's non-zero pattern is the structural connectivity (no cancellation can hide
+    a synapse).
     """
     op = identity(source_shape)
-    for node in chain:
-        op = COMPOSE[node.op](op, node, structural)
+    for item in chain:
+        node, index = item if isinstance(item, tuple) else (item, 0)
+        op = OPS[node.op].compose(op, node, structural, index)
     return op
 
 
@@ -308,23 +80,47 @@ def compose_path(chain, source_shape, structural: bool = False):
 class Population:
     """Neurons that replaced one activation node (same name).
 
-    ``theta`` is per channel; ``unit`` is the payload of one spike count (θ, or θ/τ
-    for Group Neurons); ``v0`` is per neuron in engine layout.
+    Attributes
+    ----------
+    model : str
+        Registered neuron model (:mod:`evsim.neurons`); ``params`` its scalar parameters,
+        ``reset`` its reset rule (None for models without one).
+    theta : ndarray (N,)
+        Threshold per neuron, engine layout.
+    unit : ndarray (C,)
+        Payload of one spike count per channel (θ, θ/τ for Group Neurons, 1 for
+        payload-one models), folded into the outgoing weights.
+    kernel_theta : ndarray (N,)
+        What the kernel receives as threshold (θ, or the payload unit for GN).
+    param_values : ndarray (P, N)
+        Every declared parameter per neuron, in declaration order.
+    v0 : ndarray (N,)
+        Initial potential per neuron, engine layout.
+    count_range : (int, int)
+        Smallest and largest count one neuron emits per step.
     """
 
     name: str
     model: str
-    reset: str
-    tau: int
+    params: dict
+    reset: str | None
     shape: Shape3
     theta: np.ndarray
     unit: np.ndarray
+    kernel_theta: np.ndarray
+    param_values: np.ndarray
     v0: np.ndarray
     input_node: str
+    count_range: tuple[int, int] = (0, 1)
 
     @property
     def size(self) -> int:
         return int(np.prod(self.shape))
+
+    @property
+    def tau(self) -> int:
+        """Group Neuron members (1 for other models)."""
+        return int(self.params.get("tau", 1))
 
 
 @dataclass
@@ -438,17 +234,18 @@ def _classify(graph: Graph) -> dict[str, str]:
         where = f"{graph.source}, node '{node.name}'"
         if node.op == "neuron":
             kind[node.name] = "population"
-        elif node.op == "maxpool2d" and kind[node.inputs[0]] in ("population", "gate"):
+        elif OPS[node.op].gate and kind[node.inputs[0]] in ("population", "gate"):
             kind[node.name] = "gate"
         elif all(kind[s] == "const" for s in node.inputs):
             kind[node.name] = "const"
-        elif node.op == "maxpool2d":
+        elif OPS[node.op].gate:
             raise ConversionError(describe(
                 where, "max pooling directly after an activation (or on the analog input)",
                 f"max pooling of '{node.inputs[0]}' ({graph.node(node.inputs[0]).op})",
                 "for monotone activations pool after the activation instead: act(maxpool(x)) = maxpool(act(x))"))
-        elif node.op not in COMPOSE:
-            raise ConversionError(describe(where, "an op the SNN can carry (" + ", ".join(sorted(COMPOSE)) + ")",
+        elif OPS[node.op].compose is None:
+            carried = sorted(name for name, spec in OPS.items() if spec.compose is not None)
+            raise ConversionError(describe(where, "an op the SNN can carry (" + ", ".join(carried) + ")",
                                            repr(node.op)))
         else:
             kind[node.name] = "linear"
@@ -456,12 +253,13 @@ def _classify(graph: Graph) -> dict[str, str]:
 
 
 def _paths(graph: Graph, kind: dict, name: str) -> list[tuple[str, list]]:
-    """Every (source, chain of nodes) that carries spikes into node ``name``, and the paths
-    from the analog input (source ``"input"``) through the nodes that depend on it alone."""
+    """Every (source, chain of (node, input index)) that carries spikes into node ``name``, and the
+    paths from the analog input (source ``"input"``) through the nodes that depend on it alone."""
     if name == "input" or kind[name] in ("population", "gate"):
         return [(name, [])]
     node = graph.node(name)
-    return [(src, chain + [node]) for inp in node.inputs for src, chain in _paths(graph, kind, inp)]
+    return [(src, chain + [(node, index)]) for index, inp in enumerate(node.inputs)
+            for src, chain in _paths(graph, kind, inp)]
 
 
 def _fanout(structural, shape: Shape3) -> np.ndarray:
@@ -533,8 +331,8 @@ def _projection(source: str, target: str, chain, src_shape: Shape3, unit: np.nda
     op = compose_path(chain, src_shape)
     structural = compose_path(chain, src_shape, structural=True)
     fanout = _fanout(structural, src_shape)
-    path = tuple(n.name for n in chain)
-    if _is_diagonal(op):  # a residual shortcut: current[n] += k * w[n]
+    path = tuple(n.name for n, _ in chain)
+    if is_diagonal(op):  # a residual shortcut: current[n] += k * w[n]
         weight = np.tile(op.weight.reshape(-1) * unit, op.in_shape[1] * op.in_shape[2])
         return Projection(source, target, path, "diagonal", fanout, weight)
     if isinstance(op, ConvOp):
@@ -572,6 +370,27 @@ def _per_neuron(value: np.ndarray, shape: Shape3) -> np.ndarray:
     return np.ascontiguousarray(full.transpose(1, 2, 0).reshape(-1))
 
 
+def _population(node) -> Population:
+    """A neuron node as a population: parameters per neuron, in engine layout."""
+    model = get_model(node.attrs["model"], f"node '{node.name}'")
+    shape = _shape3(node.shape)
+    params = {k: node.attrs[k] for k in model.params if k in node.attrs}
+    threshold = node.arrays["threshold"].astype(np.float64)
+    theta = _per_neuron(threshold, shape)
+    if model.payload == "one":
+        unit = np.ones(shape[0])
+        kernel_theta = theta
+    else:  # θ is scalar or per channel here (validation): the payload folds into the weights per channel
+        unit = model.unit(np.broadcast_to(threshold, (shape[0],)).copy(), params)
+        kernel_theta = _per_neuron(unit, shape) if model.step_threshold == "unit" else theta
+    values = np.zeros((len(model.params), int(np.prod(shape))))
+    for i, (name, param) in enumerate(model.params.items()):
+        value = node.arrays[name] if name in node.arrays else np.asarray(float(node.attrs.get(name, param.default)))
+        values[i] = _per_neuron(value, shape)
+    return Population(node.name, model.name, params, node.attrs.get("reset"), shape, theta, unit, kernel_theta,
+                      values, _per_neuron(node.arrays["v0"], shape), node.inputs[0], model.count_range(params))
+
+
 def compile_network(graph: Graph) -> Network:
     """Compile a validated SNN graph (kind "snn") into a :class:`Network`.
 
@@ -593,13 +412,9 @@ def compile_network(graph: Graph) -> Network:
     gates: list[Gate] = []
     for node in graph.nodes:
         if kind[node.name] == "population":
-            shape = _shape3(node.shape)
-            tau = node.attrs.get("tau", 1)
-            theta = np.broadcast_to(node.arrays["threshold"].astype(np.float64), (shape[0],)).copy()
-            unit = theta / tau
-            populations.append(Population(node.name, node.attrs["model"], node.attrs.get("reset", "subtract"), tau,
-                                          shape, theta, unit, _per_neuron(node.arrays["v0"], shape), node.inputs[0]))
-            units[node.name] = unit
+            population = _population(node)
+            populations.append(population)
+            units[node.name] = population.unit
         elif kind[node.name] == "gate":
             parent = node.inputs[0]
             root = next((g.population for g in gates if g.name == parent), parent)

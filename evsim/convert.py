@@ -6,19 +6,16 @@ saved and simulated; :mod:`evsim.compile` turns it into sparse projections.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
 from .errors import ConversionError, describe
 from .graph import Graph, Node, validate
+from .neurons import V0_RULES, NeuronModel, _short, get_model
 
-__all__ = ["ConversionOptions", "NEURON_MODELS", "convert", "fold_batchnorm", "initial_potential"]
-
-#: neuron models, named as in SNN files
-NEURON_MODELS = ("if", "signed_if", "gn")
-
+__all__ = ["ConversionOptions", "convert", "fold_batchnorm", "initial_potential"]
 
 @dataclass(frozen=True)
 class ConversionOptions:
@@ -26,42 +23,85 @@ class ConversionOptions:
 
     Attributes
     ----------
-    neuron : {"if", "signed_if", "gn"}
-        IF with soft reset (methods.md 2.1), signed IF (2.3), Group Neurons (2.2).
-    tau : int
-        Members per Group Neuron (``neuron="gn"`` only).
-    v0 : {"half", "zero"}
-        Initial membrane potential: half a payload unit (OPI: θ/2, GN: θ/(2τ)) or 0.
-    reset : {"subtract", "zero"}
-        Reset of the IF neuron after a spike (``zero`` for comparison only).
+    neuron : str
+        A registered neuron model (:mod:`evsim.neurons`): ``"if"`` (IF, soft reset,
+        methods.md 2.1), ``"signed_if"`` (2.3), ``"gn"`` (Group Neurons, 2.2), or a plugin.
+        The CLI spelling (``"signed-if"``) is accepted too.
+    v0 : {"half", "zero"} or None
+        Initial membrane potential: half a payload unit (OPI: θ/2, GN: θ/(2τ)) or 0;
+        None = the model's default.
+    reset : {"subtract", "zero"} or None
+        Reset after a spike, for models that have one (IF); None = the model's default.
+    tau : int or None
+        Shorthand for ``params={"tau": tau}`` (Group Neurons' members).
+    params : dict or None
+        Values of the model's declared parameters; the others keep their defaults.
+
+    An option that does not apply to the chosen model (``reset`` for GN, ``tau`` for IF, a
+    parameter the model does not declare) raises :class:`~evsim.errors.ConversionError`;
+    nothing is silently ignored.  :meth:`applied` lists what was used.
     """
 
     neuron: str = "if"
-    tau: int = 4
-    v0: str = "half"
-    reset: str = "subtract"
+    v0: str | None = None
+    reset: str | None = None
+    tau: int | None = None
+    params: Mapping | None = None
 
     def __post_init__(self):
         where = "conversion options"
-        if self.neuron not in NEURON_MODELS:
-            raise ConversionError(describe(where, "neuron among " + ", ".join(NEURON_MODELS), repr(self.neuron)))
-        if not (isinstance(self.tau, int) and self.tau >= 1):
-            raise ConversionError(describe(where, "tau an integer >= 1", repr(self.tau)))
-        if self.v0 not in ("half", "zero"):
-            raise ConversionError(describe(where, "v0 'half' or 'zero'", repr(self.v0)))
-        if self.reset not in ("subtract", "zero"):
-            raise ConversionError(describe(where, "reset 'subtract' or 'zero'", repr(self.reset)))
-        if self.reset == "zero" and self.neuron != "if":
-            raise ConversionError(describe(where, "reset 'zero' only with neuron 'if'", f"neuron {self.neuron!r}"))
+        model = get_model(self.neuron, f"{where}, neuron")
+        object.__setattr__(self, "neuron", model.name)
+        if self.v0 is not None and self.v0 not in V0_RULES:
+            raise ConversionError(describe(f"{where}, v0", "'half' or 'zero'", _short(self.v0)))
+        if self.reset is not None:
+            if not model.resets:
+                raise ConversionError(describe(f"{where}, reset", f"no reset option for neuron model '{model.name}'",
+                                               _short(self.reset), "drop the reset option"))
+            if self.reset not in model.resets:
+                raise ConversionError(describe(f"{where}, reset", "one of " + ", ".join(map(repr, model.resets)),
+                                               _short(self.reset)))
+        given = dict(self.params or {})
+        if self.tau is not None:
+            if "tau" not in model.params:
+                raise ConversionError(describe(f"{where}, tau", f"tau only for models that have it (gn), not "
+                                               f"'{model.name}'", _short(self.tau), "drop tau or choose neuron 'gn'"))
+            if "tau" in given and given["tau"] != self.tau:
+                raise ConversionError(describe(f"{where}, tau", "tau given once", f"tau={self.tau!r} and "
+                                               f"params tau={given['tau']!r}"))
+            given["tau"] = self.tau
+        object.__setattr__(self, "params", dict(model.resolve(given, where)))
+
+    @property
+    def model(self) -> NeuronModel:
+        return get_model(self.neuron)
+
+    @property
+    def v0_rule(self) -> str:
+        return self.v0 or self.model.v0
+
+    @property
+    def reset_rule(self) -> str | None:
+        model = self.model
+        return (self.reset or model.resets[0]) if model.resets else None
+
+    def applied(self) -> dict:
+        """The settings actually used: model, its parameters, v0 rule and reset (if it has one)."""
+        out = {"neuron": self.neuron, "v0": self.v0_rule}
+        if self.reset_rule is not None:
+            out["reset"] = self.reset_rule
+        out.update(self.params)
+        return out
+
+    def __hash__(self):
+        return hash((self.neuron, self.v0, self.reset, tuple(sorted(self.params.items()))))
 
 
 def initial_potential(threshold: np.ndarray, options: ConversionOptions) -> np.ndarray:
     """v0 of :class:`ConversionOptions`: half a payload unit (θ/2, or θ/(2τ) for GN) or zero."""
     threshold = np.asarray(threshold)
-    if options.v0 == "zero":
-        return np.zeros_like(threshold)
-    unit = threshold / options.tau if options.neuron == "gn" else threshold
-    return np.asarray(unit / 2, dtype=threshold.dtype)
+    v0 = options.model.initial_potential(threshold, options.params, options.v0_rule)
+    return np.asarray(v0, dtype=threshold.dtype)
 
 
 def fold_batchnorm(graph: Graph) -> Graph:
@@ -126,6 +166,9 @@ def convert(graph: Graph, options: ConversionOptions | None = None,
     ConversionError
         A ``relu`` without a threshold, or an SNN graph given.
     """
+    if options is not None and kwargs:
+        raise ConversionError(describe("convert", "either options= or keyword options, not both",
+                                       ", ".join(sorted(kwargs)), "put every setting into ConversionOptions"))
     options = options or ConversionOptions(**kwargs)
     if graph.kind != "ann":
         raise ConversionError(describe(graph.source, "an ANN model (kind 'ann')", f"kind {graph.kind!r}",
@@ -145,14 +188,14 @@ def convert(graph: Graph, options: ConversionOptions | None = None,
                 "a plain relu", "calibrate it: evsim convert MODEL --calib-data FILE (or pass thresholds=)"))
         v0 = potentials.pop(node.name, None)
         v0 = initial_potential(theta, options) if v0 is None else np.asarray(v0, dtype=np.float64)
-        attrs = {"model": options.neuron, "reset": options.reset}
-        if options.neuron == "gn":
-            attrs["tau"] = options.tau
+        attrs = {"model": options.neuron, **options.params}
+        if options.reset_rule is not None:
+            attrs["reset"] = options.reset_rule
         snn.nodes[i] = Node(node.name, "neuron", node.inputs, attrs, {"threshold": theta, "v0": v0})
     unknown = sorted(set(thresholds) | set(potentials))
     if unknown:
         raise ConversionError(describe(graph.source, "thresholds/potentials only for relu or qcfs nodes",
                                        ", ".join(map(repr, unknown))))
     snn.kind = "snn"
-    snn.metadata = {**graph.metadata, "conversion": {**asdict(options), "source_kind": "ann"}}
+    snn.metadata = {**graph.metadata, "conversion": {**options.applied(), "source_kind": "ann"}}
     return validate(snn)

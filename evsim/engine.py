@@ -36,16 +36,15 @@ from . import _kernels as K
 from .compile import Network, Projection, compile_network, to_engine_layout
 from .convert import ConversionOptions, convert
 from .data_io import check_data
-from .errors import ConversionError, DataError, describe
+from .errors import ConversionError, DataError, ResourceLimitError, describe
 from .format import load
-from .graph import Graph
-from .results import EnergyModel, LayerStats, Results
+from .graph import Graph, memory_limit
+from .neurons import NEGATIVE_THRESHOLD, get_model
+from .results import COUNTERS, BatchResult, EnergyModel, Results, RunPlan
 
-__all__ = ["simulate", "Simulator", "PRECISIONS", "NEGATIVE_THRESHOLD"]
+__all__ = ["simulate", "Simulator", "PRECISIONS", "as_network", "plan_run", "check_run_memory"]
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
-#: the signed IF neuron's negative threshold (methods.md 2.3, Fast-SNN)
-NEGATIVE_THRESHOLD = -1e-3
 #: a neuron kernel splits a population into parts so that there are about this many work
 #: items per thread (load balance), but no part is smaller than ``_MIN_PART`` neurons
 _ITEMS_PER_THREAD = 4
@@ -64,24 +63,41 @@ def _splits(items: int) -> int:
     return max(1, -(-_ITEMS_PER_THREAD * numba.get_num_threads() // items))
 
 
-def _run_if(pop, params, current, *out):
-    K.if_run(current, params.v0, params.param, pop.reset == "zero", *out)
+def _neuron_run(pop, cast) -> tuple[Callable, tuple]:
+    """The layer kernel of a population and its leading arguments (in the kernel's dtype).
+
+    The kernel factory builds it around the model's step; a model with a hand-written kernel
+    (signed IF) is called through :data:`HAND_WRITTEN`.
+    """
+    model = get_model(pop.model)
+    if model.kernel is not None:
+        return HAND_WRITTEN[model.kernel](pop, cast)
+    from ._kernels.factory import layer_kernel
+
+    step = model.step.resolve() if hasattr(model.step, "resolve") else model.step
+    kernel = layer_kernel(model.name, step, len(model.params), bool(model.resets))
+    lo, hi = pop.count_range
+    return kernel, (cast(pop.v0), cast(pop.kernel_theta), cast(pop.param_values), lo, hi, pop.reset == "zero")
 
 
-def _run_gn(pop, params, current, *out):
-    K.gn_run(current, params.v0, params.param, pop.tau, *out)
+def _call(kernel, leading):
+    def run(current, *out):
+        kernel(current, *leading, *out)
+    return run
 
 
-def _run_signed_if(pop, params, current, *out):
-    K.signed_if_run(current, params.v0, params.param, NEGATIVE_THRESHOLD, *out)
+def _signed_if(pop, cast):
+    theta = cast(pop.theta[:pop.shape[0]])  # per channel: signed IF thresholds are (validated) per channel
+    v0 = cast(pop.v0)
+
+    def run(current, *out):
+        K.signed_if_run(current, v0, theta, NEGATIVE_THRESHOLD, *out)
+    return run, ()
 
 
-#: neuron model -> (kernel call, which per-channel parameter the kernel takes)
-NEURON_RUNS: dict[str, tuple[Callable, str]] = {
-    "if": (_run_if, "theta"),
-    "gn": (_run_gn, "unit"),
-    "signed_if": (_run_signed_if, "theta"),
-}
+#: hand-written layer kernels by name (NeuronModel.kernel): only where a step function cannot express
+#: the model (signed IF keeps a net count per neuron)
+HAND_WRITTEN = {"signed_if_run": _signed_if}
 
 
 def _prepare_conv(proj: Projection, cast) -> tuple[Callable, tuple]:
@@ -141,12 +157,6 @@ SCATTERS: dict[str, Callable[[Projection, Callable], tuple[Callable, tuple]]] = 
 
 
 @dataclass
-class _NeuronParams:
-    param: np.ndarray  # per channel: theta, or theta/tau for Group Neurons
-    v0: np.ndarray  # per neuron
-
-
-@dataclass
 class _Stage:
     """One step of the plan: a population, a max-pooling gate, or the output."""
 
@@ -193,8 +203,10 @@ class Simulator:
         self.network = network
         self.dtype = np.dtype(dtype)
         cast = lambda a: np.ascontiguousarray(a, dtype=self.dtype)  # noqa: E731
-        self.params = {p.name: _NeuronParams(cast(getattr(p, NEURON_RUNS[p.model][1])), cast(p.v0))
-                       for p in network.populations}
+        self.neuron_runs = {}
+        for p in network.populations:
+            kernel, leading = _neuron_run(p, cast)
+            self.neuron_runs[p.name] = _call(kernel, leading) if leading else kernel
         self.scatters, self.weights = [], {}
         for i, proj in enumerate(network.projections):
             call, arrays = SCATTERS[proj.kind](proj, cast)
@@ -212,9 +224,9 @@ class Simulator:
         self.sizes.update({g.name: int(np.prod(g.out_shape)) for g in network.gates})
         self.sizes[network.output] = int(np.prod(network.output_shape))
         self.static_current = {name: cast(value)[None, :] for name, value in network.static_current.items()}
-        # one count dtype for all events: Group Neurons with tau > 127 need more than int8
-        max_count = max([p.tau for p in network.populations], default=1)
-        self.count_dtype = np.dtype(np.int8 if max_count <= np.iinfo(np.int8).max else np.int32)
+        # one count dtype for all events (buffers are shared): wide enough for every population
+        self.count_dtype = np.result_type(np.int8, *(get_model(p.model).count_dtype(p.params)
+                                                      for p in network.populations))
         self.stages = self._plan()
         self.buffers = _Buffers()
         self._bounds: dict[tuple, np.ndarray] = {}
@@ -271,26 +283,37 @@ class Simulator:
             bounds = self._bounds[key] = np.linspace(0, pixels, n_parts + 1).astype(np.int64) * channels
         return bounds
 
-    def run_batch(self, x: np.ndarray, T: int, record: tuple[str, ...] = ()):
+    def run_batch(self, x: np.ndarray, T: int, y: np.ndarray | None = None, *, start: int = 0,
+                  record: tuple[str, ...] = ()) -> BatchResult:
         """Simulate one batch of raw inputs for T steps.
 
-        ``record`` names populations whose per-neuron spike counts (signed, summed over
-        the T steps) are returned as well, channels first ``(B, *shape)``; calibration
-        uses them.
+        Parameters
+        ----------
+        x : ndarray (B, *input.shape)
+            Raw inputs (validated by the caller, e.g. :func:`simulate`).
+        T : int
+        y : ndarray (B,) of int, optional
+            Labels: the result then counts correct predictions per step.
+        start : int
+            Index of the batch's first sample in the data set (for merging).
+        record : tuple of str
+            Populations whose per-neuron spike counts (signed, summed over the T steps) are
+            returned as well, channels first ``(B, *shape)`` in ``recorded`` (calibration).
 
         Returns
         -------
-        predictions : ndarray (B, T) int64
-        stats : dict population -> ndarray (T, 3) int64, summed over the batch
-            (spikes, events, SOPs) per step.
-        logits : ndarray (B, F) float64, accumulated output after T steps
-        counts : dict population -> ndarray (B, *shape) int64, only with ``record``
+        BatchResult
         """
         import numba
 
+        check_run_memory(self.network, len(x), T, self.dtype)
         # work items differ in size (steps, parts of a layer): hand them out one at a time
         with numba.parallel_chunksize(1):
-            return self._run_batch(x, T, record)
+            predictions, stats, logits, counts = self._run_batch(x, T, record)
+        correct = None if y is None else (predictions == np.asarray(y)[:, None]).sum(axis=0).astype(np.int64)
+        layers = {name: {c: np.ascontiguousarray(stat[:, i]) for i, c in enumerate(COUNTERS)}
+                  for name, stat in stats.items()}
+        return BatchResult(int(start), len(x), int(T), predictions, correct, layers, logits, counts)
 
     def _events(self, stage: _Stage, n_batch: int, T: int):
         shape = (n_batch, T, stage.size)
@@ -380,8 +403,8 @@ class Simulator:
                 nev_parts = np.empty((b, T, n_parts), np.int64)
                 part_stats = np.empty((b, T, n_parts, 3), np.int64)
                 t0 = time.perf_counter()
-                NEURON_RUNS[p.model][0](p, self.params[p.name], current, bounds, self.fanout[p.name], ev_idx,
-                                        ev_cnt, nev_parts, part_stats, np.empty((0, stage.size), self.dtype))
+                self.neuron_runs[p.name](current, bounds, self.fanout[p.name], ev_idx, ev_cnt, nev_parts, part_stats,
+                                         np.empty((0, stage.size), self.dtype))
                 if n_parts > 1:
                     nev = np.empty((b, T), np.int64)
                     K.join_parts(ev_idx, ev_cnt, nev_parts, bounds, nev)
@@ -405,12 +428,10 @@ class Simulator:
         logits_steps = logits_steps[:, :, order]
         predictions = logits_steps.argmax(axis=2)
         logits = logits_steps[:, -1]
-        if record:
-            shapes = {p.name: p.shape for p in net.populations}
-            counts = {k: v[:, _chw_order(shapes[k])].reshape((b,) + tuple(net.graph.node(k).shape))
-                      for k, v in counts.items()}
-            return predictions, stats, logits, counts
-        return predictions, stats, logits
+        shapes = {p.name: p.shape for p in net.populations}
+        counts = {k: v[:, _chw_order(shapes[k])].reshape((b,) + tuple(net.graph.node(k).shape))
+                  for k, v in counts.items()}
+        return predictions.astype(np.int64), stats, logits, counts
 
 
 def _chw_order(shape) -> np.ndarray:
@@ -432,17 +453,27 @@ def _kernel_cache_stats() -> tuple[int, int]:
     """(specialisations loaded from Numba's cache, specialisations compiled) so far, all kernels."""
     from numba.core.registry import CPUDispatcher
 
-    from ._kernels import neurons, pooling, scatter, stats
+    from ._kernels import factory, neurons, pooling, scatter, stats
 
     kernels = {id(obj): obj for module in (neurons, pooling, scatter, stats) for obj in vars(module).values()
                if isinstance(obj, CPUDispatcher)}
+    kernels.update({id(k): k for k in factory._KERNELS.values()})
     hits = sum(sum(k.stats.cache_hits.values()) for k in kernels.values())
     misses = sum(sum(k.stats.cache_misses.values()) for k in kernels.values())
     return hits, misses
 
 
-def _as_network(model, options: ConversionOptions | None) -> Network:
+def as_network(model, options: ConversionOptions | None = None) -> Network:
+    """A compiled :class:`~evsim.compile.Network` from a path, a Graph or a Network.
+
+    An ANN is converted with ``options`` (default IF, v0 = θ/2); an SNN fixes its neurons,
+    so options for it are refused rather than ignored.
+    """
     if isinstance(model, Network):
+        if options is not None:
+            raise ConversionError(describe("simulate", "no neuron options for a compiled network (it fixes them)",
+                                           ", ".join(f"{k}={v!r}" for k, v in options.applied().items()),
+                                           "convert the ANN again with the options you want"))
         return model
     graph = load(model) if isinstance(model, (str, Path)) else model
     if not isinstance(graph, Graph):
@@ -451,85 +482,122 @@ def _as_network(model, options: ConversionOptions | None) -> Network:
         graph = convert(graph, options or ConversionOptions())
     elif options is not None:
         raise ConversionError(describe(graph.source, "no neuron options for an SNN file (it fixes them)",
-                                  f"{options}", "convert the ANN again with the options you want"))
+                                       ", ".join(f"{k}={v!r}" for k, v in options.applied().items()),
+                                       "convert the ANN again with the options you want"))
     return compile_network(graph)
+
+
+def run_memory(network: Network, n_batch: int, T: int, dtype) -> int:
+    """Bytes one batch of ``n_batch`` samples and ``T`` steps allocates (currents and events of the
+    largest population at all steps, the same for every event buffer alive at once, the output)."""
+    itemsize = np.dtype(dtype).itemsize
+    sizes = [p.size for p in network.populations] + [int(np.prod(network.output_shape))]
+    largest = max(sizes)
+    per_step = largest * (itemsize + 2 * (4 + 4)) + int(np.prod(network.output_shape)) * 8
+    return int(n_batch) * int(T) * per_step * 2
+
+
+def check_run_memory(network: Network, n_batch: int, T: int, dtype) -> None:
+    """Refuse a batch whose buffers would not fit in ``EVSIM_MEMORY_LIMIT``, before allocating."""
+    need, limit = run_memory(network, n_batch, T, dtype), memory_limit()
+    if need > limit:
+        raise ResourceLimitError(describe(
+            "simulation", f"at most {_gib(limit)} for one batch (EVSIM_MEMORY_LIMIT)",
+            f"about {_gib(need)} for {n_batch} samples x {T} steps",
+            "lower the batch size (--batch-size), the number of steps (-T), or raise EVSIM_MEMORY_LIMIT"))
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def plan_run(network: Network, n_samples: int, T: int = 32, batch_size: int = 64, precision: str = "float32",
+             energy: EnergyModel | None = None, labels: bool = True) -> RunPlan:
+    """Check the run settings and describe the run (what every batch and the report need)."""
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+        raise DataError(describe("simulate", "T an integer >= 1", repr(T)))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise DataError(describe("simulate", "batch_size an integer >= 1", repr(batch_size)))
+    if precision not in PRECISIONS:
+        raise DataError(describe("simulate", "precision 'float32' or 'float64'", repr(precision)))
+    check_run_memory(network, min(int(batch_size), max(int(n_samples), 1)), int(T), PRECISIONS[precision])
+    graph = network.graph
+    settings = {"model": graph.source, "T": int(T), "batch_size": int(batch_size), "precision": precision,
+                "samples": int(n_samples), "neuron": sorted({p.model for p in network.populations}),
+                "conversion": graph.metadata.get("conversion", {}), "calibration": graph.metadata.get("calibration")}
+    return RunPlan(int(T), int(batch_size), precision, int(n_samples), [(p.name, p.size) for p in network.populations],
+                   network.input_macs, network.ann_macs, energy or EnergyModel(), settings)
 
 
 def simulate(model, x, y=None, T: int = 32, batch_size: int = 64, precision: str = "float32",
              options: ConversionOptions | None = None, energy: EnergyModel | None = None,
-             progress: Callable[[int], None] | None = None) -> Results:
-    """Simulate a converted SNN on a batch of inputs, event by event.
+             progress: Callable[[int], None] | None = None, runner=None) -> Results:
+    """Simulate a converted SNN on a data set, event by event.
+
+    *Check → plan → run batches → reduce*: everything is validated first, the batches are
+    then run by ``runner`` (in this process by default) and their exact counts merged.
 
     Parameters
     ----------
     model : str, Path, Graph or Network
         An evsim model file or graph (an ANN is converted with ``options``, default
         IF neurons with v0 = θ/2), or a compiled :class:`~evsim.compile.Network`.
-    x : ndarray, (N, *input.shape)
-        Raw inputs; the model's input preprocessing is applied.
+    x : ndarray (N, *input.shape), or a data source
+        Raw inputs (the model's input preprocessing is applied), or an object with ``n``,
+        ``has_labels`` and ``read(start, stop)`` such as ``evsim.data_io.open_data(...)``.
     y : ndarray of int, (N,), optional
-        Labels; accuracy per time-step is reported when given.
+        Labels (with an array ``x``); accuracy per time-step is reported when given.
     T : int
         Time-steps.
     batch_size : int
         Samples simulated together (kernels run in parallel over them).
     precision : {"float32", "float64"}
     options : ConversionOptions, optional
-        Neuron model, tau, v0, reset for an ANN model.
+        Neuron model and its options, for an ANN model.
     energy : EnergyModel, optional
         Energy constants (default 45 nm fp32).
     progress : callable, optional
         Called with the number of samples finished after each batch.
+    runner : Runner, optional
+        Executes the batches (default :class:`~evsim.runners.SerialRunner`; e.g.
+        ``evsim.distributed.DaskRunner(client)``).
 
     Returns
     -------
     Results
     """
-    if not isinstance(T, (int, np.integer)) or T < 1:
-        raise DataError(describe("simulate", "T an integer >= 1", repr(T)))
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise DataError(describe("simulate", "batch_size an integer >= 1", repr(batch_size)))
-    if precision not in PRECISIONS:
-        raise DataError(describe("simulate", "precision 'float32' or 'float64'", repr(precision)))
+    from .runners import ArraySource, SerialRunner
+
     t0 = time.perf_counter()
-    network = _as_network(model, options)
-    graph = network.graph
+    network = as_network(model, options)
     n_classes = int(np.prod(network.output_shape))
-    x, y = check_data(x, y, graph.input.shape, n_classes, source="simulate")
-    sim = Simulator(network, PRECISIONS[precision])
+    if hasattr(x, "read"):
+        if y is not None:
+            raise DataError(describe("simulate", "labels inside the data source", "a separate y",
+                                     "pass y only with an array x"))
+        source = x
+    else:
+        source = ArraySource(*check_data(x, y, network.graph.input.shape, n_classes, source="simulate"))
+    plan = plan_run(network, source.n, T, batch_size, precision, energy)
+    runner = runner or SerialRunner()
     t1 = time.perf_counter()
 
-    predictions, first_batch_seconds = [], None
-    totals = {p.name: np.zeros((T, 3), np.int64) for p in network.populations}
     hits, misses = _kernel_cache_stats()
+    first_batch = []
+
+    def on_batch(n):
+        if not first_batch:
+            first_batch.append(time.perf_counter() - t1)
+        if progress is not None:
+            progress(n)
+
     with _jit_timer() as jit:
-        for start in range(0, len(x), batch_size):
-            tb = time.perf_counter()
-            pred, stats, _ = sim.run_batch(x[start:start + batch_size], T)
-            if first_batch_seconds is None:
-                first_batch_seconds = time.perf_counter() - tb
-            predictions.append(pred)
-            for name, s in stats.items():
-                totals[name] += s
-            if progress is not None:
-                progress(len(pred))
+        partials = list(runner.map(network, plan, source, plan.shards(), on_batch))
     t2 = time.perf_counter()
-    predictions = np.concatenate(predictions)
-    n = len(x)
-    layers = []
-    for p in network.populations:
-        s = totals[p.name] / n
-        spikes = float(s[:, 0].sum())
-        layers.append(LayerStats(p.name, p.size, spikes, float(s[:, 1].sum()), float(s[:, 2].sum()),
-                                 spikes / (p.size * T), s[:, 0].tolist(), s[:, 2].tolist()))
-    accuracy = None if y is None else (predictions == y[:, None]).mean(axis=0).tolist()
-    conversion = graph.metadata.get("conversion", {})
-    settings = {"model": graph.source, "T": int(T), "batch_size": int(batch_size), "precision": precision,
-                "samples": n, "neuron": sorted({p.model for p in network.populations}),
-                "conversion": conversion, "calibration": graph.metadata.get("calibration")}
+    results = Results.reduce(partials, plan)
     hits_after, misses_after = _kernel_cache_stats()
-    timing = {"compile_s": t1 - t0, "simulate_s": t2 - t1, "first_batch_s": first_batch_seconds,
-              "jit_s": jit.duration if jit.done else 0.0, "kernels_compiled": misses_after - misses,
-              "kernels_from_cache": hits_after - hits}
-    return Results(int(T), n, accuracy, predictions, layers, network.input_macs, network.ann_macs,
-                   energy or EnergyModel(), settings, timing)
+    results.timing = {"compile_s": t1 - t0, "simulate_s": t2 - t1,
+                      "first_batch_s": first_batch[0] if first_batch else None,
+                      "jit_s": jit.duration if jit.done else 0.0, "kernels_compiled": misses_after - misses,
+                      "kernels_from_cache": hits_after - hits}
+    return results

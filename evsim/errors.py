@@ -13,6 +13,7 @@ them into a single clean line and a non-zero exit code in one place
     ├── ResourceLimitError      declared sizes would need more memory than the limit
     ├── DataError               a data file (x, y) that cannot be used as it is
     ├── ConversionError         an ANN that cannot become an SNN as it stands
+    │   └── UnknownNeuronError  a neuron model nobody registered (a missing plugin)
     ├── CalibrationError        calibration asked for something it cannot do
     ├── CheckpointError         a checkpoint directory written by a different run (model, data, settings)
     ├── ClusterError            a Dask cluster that cannot be reached or lost the work
@@ -34,6 +35,7 @@ __all__ = [
     "ResourceLimitError",
     "DataError",
     "ConversionError",
+    "UnknownNeuronError",
     "CalibrationError",
     "CheckpointError",
     "ClusterError",
@@ -80,6 +82,10 @@ class ConversionError(EvsimError):
 
 class CalibrationError(EvsimError):
     """Calibration was asked for something it cannot do with what it was given."""
+
+
+class UnknownNeuronError(ConversionError):
+    """A neuron model that is not registered (built-in, ``register_neuron`` or entry point)."""
 
 
 class CheckpointError(EvsimError):

@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .errors import ArrayError, GraphError, ManifestError, ResourceLimitError, describe
+from .errors import ArrayError, ConversionError, GraphError, ManifestError, ResourceLimitError, describe
 
 __all__ = [
     "Node",
@@ -24,6 +24,7 @@ __all__ = [
     "OpSpec",
     "OPS",
     "ACTIVATION_OPS",
+    "Attr",
     "validate",
     "memory_limit",
     "node_macs",
@@ -223,7 +224,9 @@ class OpSpec:
     ``arrays`` maps each array role to whether it is required; ``array_shapes`` gives
     the allowed shapes of each role for the node's input shapes; ``infer`` returns
     the output shape (raising :class:`GraphError` with the node named);
-    ``macs`` counts multiply-accumulates of one sample.
+    ``macs`` counts multiply-accumulates of one sample.  The ANN forward function, the
+    rule that composes the op into SNN projections and its calibration behaviour sit in
+    the same record (:mod:`evsim.ops` holds every entry).
     """
 
     name: str
@@ -234,6 +237,22 @@ class OpSpec:
     macs: Callable[[Node, list[Shape], Shape], int] = lambda n, s, o: 0
     n_inputs: tuple[int, float] = (1, 1)
     kinds: frozenset = frozenset({"ann", "snn"})
+    #: custom attribute parsing (node, where) instead of ``attrs`` (neuron nodes: by model)
+    parse: Callable[[Node, str], None] | None = None
+    #: array roles (role -> required) that depend on the node's attributes
+    array_roles: Callable[[Node], Mapping[str, bool]] | None = None
+    #: the ANN executor: (node, input values, batch first) -> value; None: not an ANN op
+    forward: Callable[[Node, list], np.ndarray] | None = None
+    #: SNN projections: (operator so far, node, structural, input index) -> operator; None: not composable
+    compose: Callable | None = None
+    #: calibration: whether a per-channel shift δ of the input moves the output by exactly δ
+    shift: Callable[[Node], bool] | None = None
+    #: calibration: the array role that adds a per-channel bias (bias calibration target)
+    bias_role: str | None = None
+    #: spiking max pooling: becomes a gate after a population
+    gate: bool = False
+    #: arrays that must be > 0
+    positive: tuple = ()
 
 
 def _fail(where: str, expected: str, found: str, fix: str | None = None):
@@ -253,131 +272,6 @@ def _window_out(size: int, k: int, s: int, p: int, d: int, where: str, axis: str
         _fail(where, f"a padded input {axis} of at least {span} for kernel {k}",
               f"{size} + 2*{p} = {size + 2 * p}")
     return (size + 2 * p - span) // s + 1
-
-
-def _infer_conv(node: Node, shapes: list[Shape], where: str) -> Shape:
-    c, h, w = _need_chw(node, shapes[0], where)
-    weight = node.arrays["weight"]
-    groups = node.attrs["groups"]
-    if weight.ndim != 4:
-        _fail(where, "weight of shape (C_out, C_in/groups, kH, kW)", f"{weight.shape}")
-    c_out, c_in_g, kh, kw = weight.shape
-    if min(weight.shape) < 1:
-        _fail(where, "weight of shape (C_out, C_in/groups, kH, kW) with no zero dimension", f"{weight.shape}")
-    if c % groups or c_out % groups:
-        _fail(where, f"C_in={c} and C_out={c_out} divisible by groups={groups}", f"groups={groups}")
-    if c_in_g * groups != c:
-        _fail(where, f"weight of shape ({c_out}, {c // groups}, {kh}, {kw}) for input {shapes[0]}",
-              f"{weight.shape}", "weights are OIHW; channels-last frameworks must transpose")
-    (sh, sw), (ph, pw), (dh, dw) = node.attrs["stride"], node.attrs["padding"], node.attrs["dilation"]
-    return (c_out, _window_out(h, kh, sh, ph, dh, where, "height"),
-            _window_out(w, kw, sw, pw, dw, where, "width"))
-
-
-def _conv_array_shapes(node, shapes):
-    c_out = node.arrays["weight"].shape[0]
-    return {"bias": [(c_out,)]}
-
-
-def _conv_macs(node, shapes, out):
-    c_out, c_in_g, kh, kw = node.arrays["weight"].shape
-    return int(np.prod(out)) * c_in_g * kh * kw
-
-
-def _infer_linear(node: Node, shapes: list[Shape], where: str) -> Shape:
-    weight = node.arrays["weight"]
-    features = int(np.prod(shapes[0]))
-    if weight.ndim != 2 or weight.shape[1] != features:
-        _fail(where, f"weight of shape (out, {features}) for input {shapes[0]} (flattened C, H, W)",
-              f"{weight.shape}", "weights are (out, in); Keras kernels must be transposed")
-    return (weight.shape[0],)
-
-
-def _infer_pool(node: Node, shapes: list[Shape], where: str) -> Shape:
-    c, h, w = _need_chw(node, shapes[0], where)
-    (kh, kw), (sh, sw), (ph, pw) = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
-    if ph > kh // 2 or pw > kw // 2:
-        _fail(where, "padding at most half the kernel", f"padding {node.attrs['padding']} "
-              f"for kernel {node.attrs['kernel']}")
-    return (c, _window_out(h, kh, sh, ph, 1, where, "height"), _window_out(w, kw, sw, pw, 1, where, "width"))
-
-
-def _same_shape(node: Node, shapes: list[Shape], where: str) -> Shape:
-    return shapes[0]
-
-
-def _infer_add(node: Node, shapes: list[Shape], where: str) -> Shape:
-    for src, shape in zip(node.inputs[1:], shapes[1:]):
-        if shape != shapes[0]:
-            _fail(where, f"inputs of equal shape {shapes[0]} (from '{node.inputs[0]}')",
-                  f"{shape} from '{src}'")
-    return shapes[0]
-
-
-def _per_channel(shapes):
-    """Shapes allowed for a per-layer or per-channel parameter of an input shape."""
-    return [(), (shapes[0][0],)]
-
-
-def _infer_neuron(node: Node, shapes: list[Shape], where: str) -> Shape:
-    if node.attrs.get("model") == "gn" and "tau" not in node.attrs:
-        raise ManifestError(describe(where, "attribute 'tau' (members per group) for model 'gn'", "none"))
-    if node.attrs.get("model") != "gn" and "tau" in node.attrs:
-        raise ManifestError(describe(where, "'tau' only with model 'gn'", f"model {node.attrs.get('model')!r}"))
-    return shapes[0]
-
-
-_POOL_ATTRS = {
-    "kernel": Attr("pair", required=True, minimum=1),
-    "stride": Attr("pair", minimum=1),  # default: the kernel, as in PyTorch
-    "padding": Attr("pair", default=[0, 0], minimum=0),
-}
-
-OPS: dict[str, OpSpec] = {
-    spec.name: spec
-    for spec in [
-        OpSpec(
-            "conv2d", _infer_conv, arrays={"weight": True, "bias": False},
-            attrs={"stride": Attr("pair", [1, 1], minimum=1), "padding": Attr("pair", [0, 0], minimum=0),
-                   "dilation": Attr("pair", [1, 1], minimum=1), "groups": Attr("int", 1, minimum=1)},
-            array_shapes=_conv_array_shapes, macs=_conv_macs,
-        ),
-        OpSpec(
-            "linear", _infer_linear, arrays={"weight": True, "bias": False},
-            array_shapes=lambda n, s: {"bias": [(n.arrays["weight"].shape[0],)]},
-            macs=lambda n, s, o: int(n.arrays["weight"].size),
-        ),
-        OpSpec(
-            "batchnorm", _same_shape, arrays={r: True for r in ("mean", "var", "gamma", "beta")},
-            attrs={"eps": Attr("float", 1e-5, minimum=0)},
-            array_shapes=lambda n, s: {r: [(s[0][0],)] for r in ("mean", "var", "gamma", "beta")},
-        ),
-        OpSpec("relu", _same_shape, kinds=frozenset({"ann"})),
-        OpSpec(
-            "qcfs", _same_shape, arrays={"threshold": True},
-            attrs={"levels": Attr("int", required=True, minimum=1)},
-            array_shapes=lambda n, s: {"threshold": _per_channel(s)}, kinds=frozenset({"ann"}),
-        ),
-        OpSpec("avgpool2d", _infer_pool, attrs=_POOL_ATTRS),
-        OpSpec("maxpool2d", _infer_pool, attrs=_POOL_ATTRS),
-        OpSpec("global_avgpool",
-               lambda n, s, w: (_need_chw(n, s[0], w)[0],)),
-        OpSpec("flatten", lambda n, s, w: (int(np.prod(s[0])),)),
-        OpSpec("add", _infer_add, n_inputs=(2, math.inf)),
-        OpSpec(
-            "neuron", _infer_neuron, arrays={"threshold": True, "v0": True},
-            attrs={"model": Attr("choice", required=True, choices=("if", "signed_if", "gn")),
-                   "tau": Attr("int", minimum=1),
-                   "reset": Attr("choice", "subtract", choices=("subtract", "zero"))},
-            array_shapes=lambda n, s: {"threshold": _per_channel(s), "v0": _per_channel(s) + [s[0]]},
-            kinds=frozenset({"snn"}),
-        ),
-    ]
-}
-
-#: ops that become neuron populations in the SNN
-ACTIVATION_OPS = frozenset({"relu", "qcfs", "neuron"})
-_POSITIVE = {("qcfs", "threshold"), ("neuron", "threshold")}
 
 
 def node_macs(node: Node, in_shapes: list[Shape]) -> int:
@@ -488,6 +382,9 @@ def _check_preprocessing(graph: Graph, src: str) -> None:
 
 def _parse_attrs(node: Node, spec: OpSpec, where: str) -> None:
     """Check attribute names and values, normalise them and fill in defaults."""
+    if spec.parse is not None:
+        spec.parse(node, where)
+        return
     for key in node.attrs:
         if key not in spec.attrs:
             known = ", ".join(list(spec.attrs) + list(spec.arrays)) or "none"
@@ -500,25 +397,26 @@ def _parse_attrs(node: Node, spec: OpSpec, where: str) -> None:
             raise ManifestError(describe(where, f"attribute '{key}'", "none"))
         elif attr.default is not None:
             parsed[key] = attr.default
-    if node.op in ("avgpool2d", "maxpool2d") and "stride" not in parsed:
+    if "kernel" in spec.attrs and "stride" in spec.attrs and "stride" not in parsed:  # pooling: stride = kernel
         parsed["stride"] = list(parsed["kernel"])
     node.attrs = parsed
 
 
 def _check_arrays(node: Node, spec: OpSpec, where: str) -> None:
-    for role, required in spec.arrays.items():
+    roles = spec.array_roles(node) if spec.array_roles else spec.arrays
+    for role, required in roles.items():
         if required and role not in node.arrays:
             raise ArrayError(describe(where, f"array attribute '{role}'", "none"))
     for role, arr in node.arrays.items():
-        if role not in spec.arrays:
-            raise ManifestError(describe(where, "array attributes among " + ", ".join(spec.arrays), repr(role)))
+        if role not in roles:
+            raise ManifestError(describe(where, "array attributes among " + ", ".join(roles), repr(role)))
         label = f"{where}, array '{node.array_name(role)}'"
         if not isinstance(arr, np.ndarray) or arr.dtype not in (np.float32, np.float64):
             found = f"dtype {arr.dtype}" if isinstance(arr, np.ndarray) else f"a {type(arr).__name__}, not an array"
             raise ArrayError(describe(label, "float32 or float64", str(found), "cast with .astype(np.float32)"))
         if not np.all(np.isfinite(arr)):
             raise ArrayError(describe(label, "finite values", f"{int(np.sum(~np.isfinite(arr)))} NaN/inf"))
-        if (node.op, role) in _POSITIVE and np.any(arr <= 0):
+        if role in spec.positive and np.any(arr <= 0):
             raise ArrayError(describe(label, "thresholds > 0", f"minimum {arr.min():g}"))
         if node.op == "batchnorm" and role == "var" and np.any(arr < 0):
             raise ArrayError(describe(label, "variances >= 0", f"minimum {arr.min():g}"))
@@ -541,3 +439,7 @@ def _check_all_used(graph: Graph, src: str) -> None:
     if unused:
         raise GraphError(describe(f"{src}, node '{unused[0]}'", f"every node to contribute to output '{graph.output}'",
                                   f"{len(unused)} that do not ({', '.join(unused[:5])})", "remove them"))
+
+
+# The registry lives in evsim.ops (one entry per op); imported last: it builds on the classes above.
+from .ops import ACTIVATION_OPS, OPS  # noqa: E402

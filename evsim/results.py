@@ -15,7 +15,10 @@ import numpy as np
 from .errors import ConversionError, describe
 from .format import atomic_write
 
-__all__ = ["EnergyModel", "ENERGY_PRESETS", "LayerStats", "Results"]
+__all__ = ["EnergyModel", "ENERGY_PRESETS", "LayerStats", "Results", "BatchResult", "RunPlan", "COUNTERS"]
+
+#: exact per-step counters every population reports (integers, summed over samples)
+COUNTERS = ("spikes", "events", "sops")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,93 @@ class LayerStats:
 
 
 @dataclass
+class BatchResult:
+    """What one batch (or shard) of a run measured: exact integer counts, mergeable.
+
+    Attributes
+    ----------
+    start, samples, T : int
+        Index of the first sample in the data set, number of samples, time-steps.
+    predictions : ndarray (samples, T) int64
+        Predicted class per sample and step.
+    correct : ndarray (T,) int64 or None
+        Number of correct predictions per step (None without labels).
+    layers : dict
+        Population name -> counter name (:data:`COUNTERS`, possibly more) -> ``(T,)`` int64,
+        summed over the samples.
+    logits : ndarray (samples, F) float64
+        Accumulated output after T steps.
+    recorded : dict
+        Per-neuron spike counts of the populations asked for with ``record``.
+    """
+
+    start: int
+    samples: int
+    T: int
+    predictions: np.ndarray
+    correct: np.ndarray | None
+    layers: dict
+    logits: np.ndarray
+    recorded: dict = field(default_factory=dict)
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.samples
+
+    @property
+    def stats(self) -> dict:
+        """Population -> ``(T, 3)`` int64 array of (spikes, events, SOPs) per step."""
+        return {name: np.stack([c[k] for k in COUNTERS], axis=1) for name, c in self.layers.items()}
+
+    @staticmethod
+    def concat(parts: list["BatchResult"]) -> "BatchResult":
+        """Contiguous batch results as one (sorted by ``start``; gaps and overlaps refused)."""
+        parts = _contiguous(parts)
+        first = parts[0]
+        correct = None if first.correct is None else sum((p.correct for p in parts), np.zeros(first.T, np.int64))
+        layers = {name: {c: sum((p.layers[name][c] for p in parts), np.zeros(first.T, np.int64))
+                         for c in counters} for name, counters in first.layers.items()}
+        recorded = {k: np.concatenate([p.recorded[k] for p in parts]) for k in first.recorded}
+        return BatchResult(first.start, sum(p.samples for p in parts), first.T,
+                           np.concatenate([p.predictions for p in parts]), correct, layers,
+                           np.concatenate([p.logits for p in parts]), recorded)
+
+
+def _contiguous(parts) -> list:
+    parts = sorted(parts, key=lambda p: p.start)
+    if not parts:
+        raise ConversionError(describe("results", "at least one batch result", "none"))
+    for a, b in zip(parts, parts[1:]):
+        if b.start != a.stop or b.T != a.T or b.layers.keys() != a.layers.keys():
+            raise ConversionError(describe("results", "contiguous batch results of one run",
+                                           f"samples [{a.start}, {a.stop}) then [{b.start}, {b.stop})"))
+    return parts
+
+
+@dataclass
+class RunPlan:
+    """Everything a batch needs besides the network and the data, and what the report needs.
+
+    Picklable: a worker process receives it with the network.
+    """
+
+    T: int
+    batch_size: int
+    precision: str
+    samples: int
+    layers: list  # [(population name, neurons)]
+    first_layer_macs: int
+    ann_macs: int
+    energy: EnergyModel = field(default_factory=EnergyModel)
+    settings: dict = field(default_factory=dict)
+
+    def shards(self, size: int | None = None) -> list[tuple[int, int]]:
+        """Sample ranges ``[start, stop)`` of at most ``size`` (default: the batch size)."""
+        size = size or self.batch_size
+        return [(start, min(start + size, self.samples)) for start in range(0, self.samples, size)]
+
+
+@dataclass
 class Results:
     """Everything one simulation run measured.
 
@@ -112,6 +202,33 @@ class Results:
     settings: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
     ann_accuracy: float | None = None
+    #: exact totals: population -> counter -> (T,) int64 summed over all samples
+    counts: dict = field(default_factory=dict)
+    correct: np.ndarray | None = None
+
+    @classmethod
+    def reduce(cls, partials, plan: RunPlan) -> "Results":
+        """Merge batch results into the run's results, exactly and in any order.
+
+        Every figure is a sum of exact integer counts (divided once at the end), so the
+        result does not depend on how the data set was split or in which order the parts
+        finished.  Partial results must cover samples ``[0, plan.samples)`` exactly.
+        """
+        whole = BatchResult.concat(list(partials))
+        if whole.start != 0 or whole.samples != plan.samples:
+            raise ConversionError(describe("results", f"batch results covering samples [0, {plan.samples})",
+                                           f"[{whole.start}, {whole.stop})"))
+        n, T = plan.samples, plan.T
+        layers = []
+        for name, neurons in plan.layers:
+            c = whole.layers[name]
+            spikes = int(c["spikes"].sum())
+            layers.append(LayerStats(name, neurons, spikes / n, int(c["events"].sum()) / n, int(c["sops"].sum()) / n,
+                                     spikes / (n * neurons * T), (c["spikes"] / n).tolist(),
+                                     (c["sops"] / n).tolist()))
+        accuracy = None if whole.correct is None else (whole.correct / n).tolist()
+        return cls(T, n, accuracy, whole.predictions, layers, plan.first_layer_macs, plan.ann_macs, plan.energy,
+                   dict(plan.settings), {}, None, whole.layers, whole.correct)
 
     @property
     def sops(self) -> float:

@@ -21,6 +21,7 @@ from evsim.converters.calibration import (
     percentile_error_bound,
     threshold_statistics,
 )
+from evsim.convert import ConversionOptions
 from evsim.errors import CalibrationError
 from evsim.graph import Graph, InputSpec, Node, validate
 
@@ -246,8 +247,10 @@ def test_qcfs_data_potential_targets_the_qcfs_output():
 def test_data_potential_lowers_rate_error(data, neuron):
     graph, T = cnn(), 4
     x = data[:48]
-    half = calibrate(graph, x, neuron=neuron, tau=2, threshold="p99.9", potential="half", T=T)
-    tuned = calibrate(graph, x, neuron=neuron, tau=2, threshold="p99.9", potential="data", T=T)
+    half = calibrate(graph, x, ConversionOptions(neuron, tau=2 if neuron == "gn" else None), threshold="p99.9",
+                     potential="half", T=T)
+    tuned = calibrate(graph, x, ConversionOptions(neuron, tau=2 if neuron == "gn" else None), threshold="p99.9",
+                      potential="data", T=T)
     for name in RELUS:  # per-neuron potentials, thresholds untouched
         assert tuned.node(name).arrays["v0"].shape == graph.node(name).shape
         np.testing.assert_array_equal(tuned.node(name).arrays["threshold"], half.node(name).arrays["threshold"])
@@ -305,7 +308,7 @@ def test_save_load_simulate_identical(tmp_path, data, suffix):
 
 
 def test_metadata_records_every_choice(data):
-    snn = calibrate(cnn(), data, neuron="gn", tau=3, threshold="p99.99", channelwise=True, potential="data",
+    snn = calibrate(cnn(), data, ConversionOptions("gn", tau=3), threshold="p99.99", channelwise=True, potential="data",
                     bias_calibration=True, T=5, calib_samples=100, data_samples=16)
     rec = snn.metadata["calibration"]
     assert rec["threshold_method"] == "percentile" and rec["threshold_statistic"] == "p99.99"
@@ -343,16 +346,25 @@ def test_missing_calibration_inputs_say_what_to_pass(data):
 @pytest.mark.parametrize("kwargs, match", [
     ({"potential": "opi"}, "potential"),
     ({"threshold": "p99.9x"}, "pXX.X"),
-    ({"neuron": "lif"}, "signed-if"),
     ({"T": 0, "potential": "data"}, "-T"),
     ({"calib_samples": 0}, "--calib-samples"),
     ({"channelwise": "yes"}, "True or False"),
-    ({"reset": "zero", "neuron": "gn"}, "reset"),
+    ({"options": ConversionOptions(v0="zero"), "potential": "half"}, "one initial potential"),
 ])
 def test_bad_options_raise_calibration_error(data, kwargs, match):
     kwargs = {"threshold": "p99.9", **kwargs}
     with pytest.raises(CalibrationError, match=match):
         calibrate(cnn(), data, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"neuron": "lif"}, "signed_if"),
+    ({"reset": "zero", "neuron": "gn"}, "reset"),
+    ({"tau": 4, "neuron": "if"}, "tau"),
+])
+def test_bad_neuron_options_refused_before_calibration(kwargs, match):
+    with pytest.raises(evsim.errors.ConversionError, match=match):
+        ConversionOptions(**kwargs)
 
 
 def test_bad_calibration_data_shape(data):

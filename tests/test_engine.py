@@ -18,8 +18,8 @@ SLOW = settings(deadline=None, max_examples=20)
 def engine_run(graph, x, T, dtype=np.float64):
     net = compile_network(graph)
     pops = tuple(p.name for p in net.populations)
-    pred, stats, logits, counts = Simulator(net, dtype).run_batch(x, T, record=pops)
-    return net, pred, stats, logits, counts
+    r = Simulator(net, dtype).run_batch(x, T, record=pops)
+    return net, r.predictions, r.stats, r.logits, r.recorded
 
 
 def reference_sops(graph, ref, population, T):

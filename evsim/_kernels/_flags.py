@@ -11,5 +11,7 @@
 
 JIT = dict(nogil=True, cache=True, error_model="numpy")
 PJIT = dict(JIT, parallel=True)
+#: scalar neuron steps: plain functions that LLVM inlines into the factory's kernels
+STEP_JIT = JIT
 
-__all__ = ["JIT", "PJIT"]
+__all__ = ["JIT", "PJIT", "STEP_JIT"]

@@ -29,14 +29,18 @@ Common conventions:
   flags into events (with the SOP sum) that skips groups of neurons without a spike.
 - Kernels never raise and do no bounds checks: callers validate shapes, dtypes and contiguity.
 
-The three kernels repeat their block loop and compaction on purpose: a shared, inlined
-compaction helper (signed counts, per-group spike and SOP sums) measured 15-20 % slower on
-the IF kernel, which is a tenth to a quarter of a whole simulation.
+IF and GN run on the kernel factory's generated kernels (:mod:`evsim._kernels.factory`):
+measured as fast as the hand-written kernels they replaced (IF 8.1 vs 8.0 ms, GN 47.9 vs
+48.0 ms on a 16 × 8 × 16384 layer, float32, 2 threads).  The signed IF neuron keeps a
+hand-written kernel: it needs a per-neuron net spike count as state, which a step
+function ``(v, x, θ) -> (v, s)`` cannot carry.
 """
 import numba
 import numpy as np
 
+from . import steps
 from ._flags import JIT, PJIT
+from .factory import layer_kernel
 
 
 #: neurons per block: whole pixels, about this many (a block's potentials stay in L1)
@@ -55,170 +59,38 @@ def _tile(values, block):
     return out
 
 
-@numba.njit(**PJIT)
+def _per_neuron(values, n_neurons):
+    """(C,) per-channel values -> (N,) in HWC order (neuron n has channel n % C)."""
+    return np.ascontiguousarray(np.tile(values, n_neurons // values.shape[0]))
+
+
 def if_run(current, v0, theta, reset_zero, bounds, fanout, ev_idx, ev_cnt, nev, stats, v_final):
-    """T steps of integrate-and-fire neurons (methods.md 2.1).
+    """T steps of integrate-and-fire neurons (methods.md 2.1), per-channel ``theta`` (C,).
 
     Per step: ``h = v + x``; a neuron spikes (count 1) if ``h >= theta[c]``, then
     ``v = h - theta[c]`` (reset by subtraction) or ``v = 0`` (``reset_zero``); else ``v = h``.
-
-    Parameters
-    ----------
-    current : ndarray, (B, T, N) float
-        Input of every step.
-    v0 : ndarray, (N,) float
-        Initial potential per neuron.
-    theta : ndarray, (C,) float
-        Threshold per channel.
-    reset_zero : bool
-        Hard reset (comparison only) instead of reset by subtraction.
-    bounds : ndarray, (P + 1,) int64
-        Neuron range of each part.
-    fanout : ndarray, (N,) int64
-        Structural fan-out per neuron (for SOPs).
-    ev_idx : ndarray, (B, T, N) int32
-        Output events: neuron index.
-    ev_cnt : ndarray, (B, T, N) int8 or int32
-        Output events: count.
-    nev : ndarray, (B, T, P) int64
-        Number of events per part.
-    stats : ndarray, (B, T, P, 3) int64
-        Spikes, events, SOPs per part (written).
-    v_final : ndarray, (B, N) or (0, N) float
-        Receives v(T) if it has B rows.
+    The kernel is the factory's (:func:`evsim._kernels.factory.layer_kernel`) around
+    :func:`evsim._kernels.steps.if_step`; it measured as fast as the former hand-written one.
+    Other parameters: see the module docstring.
     """
-    n_batch, n_steps, _ = current.shape
-    n_channels = theta.shape[0]
-    n_parts = bounds.shape[0] - 1
-    write_v = v_final.shape[0] == n_batch
-    zero = current.dtype.type(0)
-    block = max(1, BLOCK // n_channels) * n_channels
-    for item in numba.prange(n_batch * n_parts):
-        b = item // n_parts
-        k = item % n_parts
-        start, stop = bounds[k], bounds[k + 1]
-        threshold = _tile(theta, block)
-        v = np.empty(block, current.dtype)
-        flags = np.empty(block, np.int64)
-        n_events = np.zeros(n_steps, np.uint64)
-        sops = np.zeros(n_steps, np.int64)
-        for o in range(start, stop, block):
-            size = min(block, stop - o)
-            vb, th, fl, fan = v[:size], threshold[:size], flags[:size], fanout[o:o + size]
-            vb[:] = v0[o:o + size]
-            for t in range(n_steps):
-                x = current[b, t, o:o + size]
-                for j in range(size):  # branch-free: vectorised
-                    h = vb[j] + x[j]
-                    spike = h >= th[j]
-                    fl[j] = spike
-                    if reset_zero:
-                        vb[j] = zero if spike else h
-                    else:
-                        vb[j] = h - th[j] if spike else h
-                # compaction, by groups of GROUP neurons (a group without a spike costs one
-                # vectorised sum): every neuron of a group writes its slot, only spikes advance
-                # the (unsigned, so no wraparound check) position
-                ib, kb = ev_idx[b, t, start:], ev_cnt[b, t, start:]
-                m = n_events[t]
-                for g in range(0, size, GROUP):
-                    fg, fa = fl[g:g + GROUP], fan[g:g + GROUP]
-                    if fg.sum() == 0:
-                        continue
-                    s = 0
-                    for j in range(fg.shape[0]):
-                        s += fg[j] * fa[j]
-                    sops[t] += s
-                    for j in range(fg.shape[0]):
-                        ib[m] = o + g + j
-                        kb[m] = 1
-                        m += numba.uint64(fg[j])
-                n_events[t] = m
-            if write_v:
-                v_final[b, o:o + size] = vb
-        for t in range(n_steps):
-            nev[b, t, k] = n_events[t]
-            stats[b, t, k, 0] = n_events[t]
-            stats[b, t, k, 1] = n_events[t]
-            stats[b, t, k, 2] = sops[t]
+    kernel = layer_kernel("if", steps.if_step, 0, True)
+    n = current.shape[2]
+    kernel(current, v0, _per_neuron(theta, n), np.zeros((0, n), current.dtype), 0, 1, bool(reset_zero), bounds,
+           fanout, ev_idx, ev_cnt, nev, stats, v_final)
 
 
-@numba.njit(**PJIT)
 def gn_run(current, v0, theta_unit, tau, bounds, fanout, ev_idx, ev_cnt, nev, stats, v_final):
-    """T steps of Group Neurons with ``tau`` members (methods.md 2.2).
+    """T steps of Group Neurons with ``tau`` members (methods.md 2.2), ``theta_unit`` (C,) = θ/τ.
 
     Member ``i`` (1..tau) fires if ``h >= i*theta_unit[c]``; the output count is the number of
-    members that fire, ``s = clip(floor(h/theta_unit), 0, tau)``, and ``v = h - s*theta_unit``.
-    ``s`` is computed with a division and then corrected against the products ``i*theta_unit``
-    in the array dtype, so it equals the member count exactly (division rounding can make
-    ``floor(h/theta_unit)`` off by one near member thresholds).
-
-    Parameters are those of :func:`if_run`, with ``theta_unit`` ``(C,)`` = θ/τ per channel
-    (> 0) and ``tau`` the number of members (>= 1); counts are in 1..tau.
+    members that fire and ``v = h - s*theta_unit``, exactly in the array dtype
+    (:func:`evsim._kernels.steps.gn_step`, in the factory's kernel).
     """
-    n_batch, n_steps, _ = current.shape
-    n_channels = theta_unit.shape[0]
-    n_parts = bounds.shape[0] - 1
-    write_v = v_final.shape[0] == n_batch
-    block = max(1, BLOCK // n_channels) * n_channels
-    for item in numba.prange(n_batch * n_parts):
-        b = item // n_parts
-        k = item % n_parts
-        start, stop = bounds[k], bounds[k + 1]
-        units = _tile(theta_unit, block)
-        v = np.empty(block, current.dtype)
-        counts = np.empty(block, np.int64)
-        n_events = np.zeros(n_steps, np.uint64)
-        spikes = np.zeros(n_steps, np.int64)
-        sops = np.zeros(n_steps, np.int64)
-        for o in range(start, stop, block):
-            size = min(block, stop - o)
-            vb, un, cn, fan = v[:size], units[:size], counts[:size], fanout[o:o + size]
-            vb[:] = v0[o:o + size]
-            for t in range(n_steps):
-                x = current[b, t, o:o + size]
-                for j in range(size):
-                    unit = un[j]
-                    h = vb[j] + x[j]
-                    # Estimate; comparisons written so that nan / huge h never reach int().
-                    ratio = np.floor(h / unit)
-                    if ratio >= tau:
-                        s = tau
-                    elif ratio > 0:
-                        s = int(ratio)
-                    else:
-                        s = 0
-                    # Exact member count: member thresholds are i*unit rounded in the array dtype.
-                    while s < tau and h >= current.dtype.type(s + 1) * unit:
-                        s += 1
-                    while s > 0 and h < current.dtype.type(s) * unit:
-                        s -= 1
-                    vb[j] = h - current.dtype.type(s) * unit if s > 0 else h
-                    cn[j] = s
-                ib, kb = ev_idx[b, t, start:], ev_cnt[b, t, start:]
-                m = n_events[t]
-                for g in range(0, size, GROUP):
-                    cg, fa = cn[g:g + GROUP], fan[g:g + GROUP]
-                    total = cg.sum()
-                    if total == 0:
-                        continue
-                    spikes[t] += total
-                    weighted = 0
-                    for j in range(cg.shape[0]):
-                        weighted += cg[j] * fa[j]
-                    sops[t] += weighted
-                    for j in range(cg.shape[0]):
-                        ib[m] = o + g + j
-                        kb[m] = cg[j]
-                        m += numba.uint64(cg[j] > 0)
-                n_events[t] = m
-            if write_v:
-                v_final[b, o:o + size] = vb
-        for t in range(n_steps):
-            nev[b, t, k] = n_events[t]
-            stats[b, t, k, 0] = spikes[t]
-            stats[b, t, k, 1] = n_events[t]
-            stats[b, t, k, 2] = sops[t]
+    kernel = layer_kernel("gn", steps.gn_step, 1, False)
+    n = current.shape[2]
+    params = np.full((1, n), tau, current.dtype)
+    kernel(current, v0, _per_neuron(theta_unit, n), params, 0, int(tau), False, bounds, fanout, ev_idx, ev_cnt,
+           nev, stats, v_final)
 
 
 @numba.njit(**PJIT)
