@@ -13,16 +13,17 @@ The directory is tied to one run by a **fingerprint** (``checkpoint.json``):
 
 * the model: a SHA-256 over the compiled network's content (every array, attribute and
   setting, walked in a canonical order — not the pickle, whose bytes may differ between
-  processes), plus the evsim version;
-* the data: for a data file its resolved path, size, modification time and a SHA-256 of
+  processes; the file name left out), plus the evsim version;
+* the data: for a data file its size, modification time and a SHA-256 of
   its content (the whole file up to 64 MiB; above that, 64 chunks of 64 KiB spread evenly
   over it, first and last included), with the number of samples used; for in-memory
   arrays a SHA-256 of the arrays;
 * the settings that change a shard's content: T, batch size, precision, number of samples,
   the run's settings (neuron model, conversion, calibration ...) and the list of shards
   (hence ``--shard-size``).  Not included: the energy constants (applied when the report is
-  made, so they may change between attempts) and how the shards are run (serial, number of
-  workers, scheduler), which never changes a result.
+  made, so they may change between attempts), how the shards are run (serial, number of
+  workers, scheduler), which never changes a result, and the paths of the model and data
+  files (their content is what counts).
 
 A directory whose fingerprint differs is refused with :class:`~evsim.errors.CheckpointError`
 naming what changed; results of different runs are never mixed.  Use a fresh directory
@@ -38,6 +39,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -45,9 +47,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError, describe
+from .errors import CheckpointError, DataError, describe
 
-__all__ = ["CheckpointRunner", "Checkpoint", "fingerprint", "content_hash", "file_identity",
+__all__ = ["CheckpointRunner", "Checkpoint", "fingerprint", "content_hash", "file_identity", "group_shards",
+           "shard_groups", "default_shard_size", "check_shard_size",
            "FORMAT_VERSION", "MANIFEST"]
 
 FORMAT_VERSION = 1
@@ -56,9 +59,61 @@ _SHARD_PREFIX = "shard-"
 #: files up to this size are hashed whole; larger ones by evenly spread chunks
 _HASH_WHOLE = 64 << 20
 _CHUNKS, _CHUNK = 64, 64 << 10
-#: plan settings that never change a shard's content (how the run is executed, the report's energy)
-_NOT_FINGERPRINTED = frozenset({"energy", "workers", "scheduler", "scheduler_file", "shards", "checkpoint",
+#: default shards per run: about _TARGET_SHARDS shards of whole batches, at most _MAX_BATCHES_PER_SHARD batches
+_TARGET_SHARDS = 64
+_MAX_BATCHES_PER_SHARD = 16
+#: plan settings that never change a shard's content (how the run is executed, the report's energy), and
+#: the model and data paths (their content is fingerprinted: moving a file does not make a different run)
+_NOT_FINGERPRINTED = frozenset({"model", "data", "energy", "workers", "scheduler", "scheduler_file", "shards", "checkpoint",
                                 "runner", "dashboard", "timing", "report", "progress"})
+
+
+# --------------------------------------------------------------------------- shards
+def default_shard_size(samples: int, batch_size: int) -> int:
+    """About 64 shards of whole batches, at most 16 batches each.
+
+    It depends only on the run (not on the cluster), so that a checkpointed run may be
+    resumed with a different number of workers.
+    """
+    batches = math.ceil(samples / batch_size)
+    per_shard = min(_MAX_BATCHES_PER_SHARD, max(1, math.ceil(batches / _TARGET_SHARDS)))
+    return per_shard * batch_size
+
+
+def check_shard_size(shard_size) -> int | None:
+    """Validate ``--shard-size`` (None = the default)."""
+    if shard_size is None:
+        return None
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise DataError(describe("--shard-size", "an integer >= 1 (samples per task)", repr(shard_size)))
+    return shard_size
+
+
+def group_shards(shards, size: int) -> list[list[tuple[int, int]]]:
+    """Consecutive shards (the run's batches) gathered into groups of at most ``size`` samples.
+
+    A batch is never split: a group holds at least one, and the batches themselves are
+    the same as in a single-process run, so the arithmetic — hence every count — is too.
+    Grouping restarts after a gap, so the groups of a subset of a run's shards (what a
+    checkpoint has not finished) are the same groups as in the whole run.
+    """
+    groups: list[list[tuple[int, int]]] = []
+    current: list[tuple[int, int]] = []
+    n = 0
+    for a, b in sorted((int(a), int(b)) for a, b in shards):
+        if current and (n + (b - a) > size or a != current[-1][1]):
+            groups.append(current)
+            current, n = [], 0
+        current.append((a, b))
+        n += b - a
+    if current:
+        groups.append(current)
+    return groups
+
+
+def shard_groups(shards, plan, shard_size: int | None) -> list[list[tuple[int, int]]]:
+    """The run's tasks: its shards grouped by ``shard_size`` (default :func:`default_shard_size`)."""
+    return group_shards(shards, shard_size or default_shard_size(plan.samples, plan.batch_size))
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -161,14 +216,13 @@ def _feed_container(h, obj, active: set) -> None:
 
 
 def file_identity(path) -> dict:
-    """Identity of a data file: resolved path, size, modification time, content hash.
+    """Identity of a data file: size, modification time, content hash (not its path: a moved file is the same).
 
     The content hash covers the whole file up to 64 MiB and 64 evenly spread chunks of
     64 KiB (first and last included) above that, so a multi-gigabyte data set is
     identified in milliseconds.
     """
-    path = Path(path).resolve()
-    st = path.stat()
+    st = os.stat(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         if st.st_size <= _HASH_WHOLE:
@@ -180,8 +234,7 @@ def file_identity(path) -> dict:
                 f.seek(int(offset))
                 h.update(f.read(_CHUNK))
             how = f"{_CHUNKS} chunks of {_CHUNK >> 10} KiB"
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest(),
-            "hashed": how}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest(), "hashed": how}
 
 
 def data_identity(source) -> dict:
@@ -232,7 +285,7 @@ def fingerprint(network, plan, source, shards) -> dict:
                 if key not in _NOT_FINGERPRINTED}
     shards = [[int(a), int(b)] for a, b in shards]
     return {
-        "model": {"sha256": content_hash(network), "evsim": __version__},
+        "model": {"sha256": content_hash(_without_path(network)), "evsim": __version__},
         "data": data_identity(source),
         "settings": _jsonable({
             "T": plan.T, "batch_size": plan.batch_size, "precision": plan.precision, "samples": plan.samples,
@@ -240,6 +293,14 @@ def fingerprint(network, plan, source, shards) -> dict:
             "shards_sha256": hashlib.sha256(json.dumps(shards).encode()).hexdigest(),
         }),
     }
+
+
+def _without_path(network):
+    """The network with its graph's file name blanked (a moved model file is the same model)."""
+    graph = getattr(network, "graph", None)
+    if dataclasses.is_dataclass(network) and dataclasses.is_dataclass(graph) and hasattr(graph, "source"):
+        return dataclasses.replace(network, graph=dataclasses.replace(graph, source=""))
+    return network
 
 
 def _digest(fp: dict) -> str:
@@ -420,53 +481,60 @@ class Checkpoint:
 class CheckpointRunner:
     """A runner that keeps every finished shard in a directory and reuses them on a rerun.
 
+    The run's shards (its batches) are gathered into checkpoint shards of about
+    ``shard_size`` samples (whole batches, :func:`group_shards`); each is
+    written as soon as all its batches are in.
+
     Parameters
     ----------
     directory : str or Path
         The checkpoint directory (created if needed; see the module docstring).
     runner : runner, optional
         Runs the shards that are not finished yet (default: the serial runner).
+    shard_size : int, optional
+        Samples per checkpoint shard (default: the inner runner's ``shard_size``, else
+        :func:`default_shard_size`).
 
     Attributes
     ----------
     shards : dict
-        After :meth:`map` has started: ``{"total": n, "reused": k}``.
+        After a run: ``{"total": n, "reused": k}``.
     """
 
-    def __init__(self, directory, runner=None):
+    def __init__(self, directory, runner=None, shard_size: int | None = None):
         self.directory = Path(directory)
         self.runner = runner
+        self.shard_size = check_shard_size(shard_size) or getattr(runner, "shard_size", None)
         self.shards: dict | None = None
 
     @property
-    def shard_size(self):
-        """The inner runner's shard size (None: one batch per shard)."""
-        return getattr(self.runner, "shard_size", None)
-
-    def __getattr__(self, name):  # dashboard, client ... of the inner runner
-        if name == "runner":
-            raise AttributeError(name)
-        return getattr(self.runner, name)
+    def dashboard(self) -> str | None:
+        return getattr(self.runner, "dashboard", None)
 
     def map(self, network, plan, source, shards, progress=None):
-        """Yield the results of every shard: reused ones first, then the rest as they finish.
+        """Yield the results of every batch: reused ones first, then the rest as they finish.
 
         Raises
         ------
         CheckpointError
             The directory belongs to a different run.
         """
-        shards = [(int(a), int(b)) for a, b in shards]
-        ckpt = Checkpoint.open(self.directory, fingerprint(network, plan, source, shards))
-        reused, remaining = [], []
-        for shard in shards:
-            results = ckpt.load(*shard) if shard in ckpt.finished([shard]) else None
-            (remaining if results is None else reused).append(shard)
-            if results is not None:
-                yield from results
-                if progress is not None:
-                    progress(shard[1] - shard[0])
-        self.shards = {"total": len(shards), "reused": len(reused)}
+        groups = shard_groups(shards, plan, self.shard_size)
+        units = [(g[0][0], g[-1][1]) for g in groups]
+        ckpt = Checkpoint.open(self.directory, fingerprint(network, plan, source, units))
+        finished = ckpt.finished(units)
+        remaining = []
+        reused = 0
+        for unit, group in zip(units, groups):
+            results = ckpt.load(*unit) if unit in finished else None
+            if results is None:
+                remaining.append(unit)
+                continue
+            reused += 1
+            yield from results
+            if progress is not None:
+                progress(unit[1] - unit[0])
+        self.shards = {"total": len(units), "reused": reused}
         if not remaining:
             return
         runner = self.runner
@@ -474,12 +542,14 @@ class CheckpointRunner:
             from .runners import SerialRunner
 
             runner = SerialRunner()
+        left = set(remaining)
+        todo = [s for unit, group in zip(units, groups) if unit in left for s in group]
         starts = [a for a, _ in remaining]
         pending: dict[tuple[int, int], list] = {}
-        for result in runner.map(network, plan, source, remaining, progress):
-            shard = remaining[bisect.bisect_right(starts, int(result.start)) - 1]
-            done = pending.setdefault(shard, [])
+        for result in runner.map(network, plan, source, todo, progress):
+            unit = remaining[bisect.bisect_right(starts, int(result.start)) - 1]
+            done = pending.setdefault(unit, [])
             done.append(result)
-            if sum(int(r.samples) for r in done) == shard[1] - shard[0]:
-                ckpt.save(*shard, pending.pop(shard))
+            if sum(int(r.samples) for r in done) == unit[1] - unit[0]:
+                ckpt.save(*unit, pending.pop(unit))
             yield result

@@ -1,7 +1,7 @@
 """Dataset-parallel runs on Dask: a local cluster, or any existing cluster by address.
 
-A run is cut into *shards* of whole batches (:func:`make_shards`); each shard is one Dask
-task that carries only its sample range.  The compiled network is pickled once and
+A run's shards (its batches) are gathered into tasks of about ``shard_size`` samples
+(:func:`~evsim.checkpoint.group_shards`, whole batches only); a task carries only its sample ranges.  The compiled network is pickled once and
 handed to every worker by a worker plugin (:class:`EvsimWorkerPlugin`), which also builds
 the simulator and warms up the Numba kernels once per worker (loaded from the Numba cache
 when ``NUMBA_CACHE_DIR`` points to a shared directory).  A worker reads its own slice
@@ -33,24 +33,25 @@ import threading
 import time
 import uuid
 
-from .errors import ClusterError, DataError, EvsimError, MissingDependencyError, describe
+from .checkpoint import check_shard_size, default_shard_size, group_shards, shard_groups
+from .errors import ClusterError, EvsimError, MissingDependencyError, describe
 
 try:  # the plugin must subclass WorkerPlugin for Client.register_plugin to recognise it
     from distributed import WorkerPlugin as _WorkerPluginBase
 except ImportError:  # pragma: no cover - exercised only without the extra
     _WorkerPluginBase = object
 
-__all__ = ["DaskRunner", "EvsimWorkerPlugin", "open_client", "make_shards", "default_shard_size",
+__all__ = ["DaskRunner", "EvsimWorkerPlugin", "open_client", "group_shards", "shard_groups", "default_shard_size",
+           "check_shard_size", "dashboard_link",
            "require_dask", "INSTALL", "ENV_SCHEDULER"]
 
 INSTALL = 'pip install "evsim[dask]"'
 #: environment variable naming an existing scheduler (used when no flag chooses the cluster)
 ENV_SCHEDULER = "EVSIM_SCHEDULER"
-#: default shards per run (shards of whole batches, at most _MAX_BATCHES_PER_SHARD batches each)
-_TARGET_SHARDS = 64
-_MAX_BATCHES_PER_SHARD = 16
 #: how long a fresh external cluster may take to show its first worker
 _WORKER_WAIT_S = 60.0
+#: a source that pickles to at most this many bytes is sent with every task (it reads its own data)
+_SMALL_SOURCE = 1 << 20
 
 
 def require_dask(what: str = "a Dask run"):
@@ -61,37 +62,6 @@ def require_dask(what: str = "a Dask run"):
         raise MissingDependencyError(describe(what, "the optional extra dask[distributed]", "it is not installed",
                                               INSTALL)) from None
     return distributed
-
-
-# --------------------------------------------------------------------------- shards
-def default_shard_size(samples: int, batch_size: int) -> int:
-    """About 64 shards of whole batches, at most 16 batches each (independent of the cluster,
-    so that a checkpointed run may be resumed with a different number of workers)."""
-    batches = math.ceil(samples / batch_size)
-    per_shard = min(_MAX_BATCHES_PER_SHARD, max(1, math.ceil(batches / _TARGET_SHARDS)))
-    return per_shard * batch_size
-
-
-def make_shards(samples: int, batch_size: int, shard_size: int | None = None) -> list[tuple[int, int]]:
-    """Sample ranges ``(start, stop)`` covering ``[0, samples)``, each made of whole batches.
-
-    Shards start at multiples of ``batch_size``, so every batch is the same as in a
-    single-process run (kernels choose their work split per batch; same batches, same
-    arithmetic, identical results).
-
-    Raises
-    ------
-    DataError
-        ``shard_size`` is not a positive multiple of ``batch_size``.
-    """
-    if shard_size is None:
-        shard_size = default_shard_size(samples, batch_size)
-    if not isinstance(shard_size, int) or shard_size < 1 or shard_size % batch_size:
-        lower = max(batch_size, (shard_size // batch_size) * batch_size) if isinstance(shard_size, int) else batch_size
-        raise DataError(describe("--shard-size", f"a positive multiple of --batch-size {batch_size} (a shard is "
-                                 "made of whole batches, so that the run is identical to a single-process one)",
-                                 repr(shard_size), f"use e.g. {lower} or {lower + batch_size}"))
-    return [(a, min(a + shard_size, samples)) for a in range(0, samples, shard_size)]
 
 
 # --------------------------------------------------------------------------- worker side
@@ -166,13 +136,12 @@ class _WorkerState:
 
             numba.set_num_threads(min(self.numba_threads, numba.config.NUMBA_NUM_THREADS))
 
-    def run(self, x, y, start: int, T: int, batch_size: int) -> list:
-        out = []
+    def run(self, plan, source, shards) -> list:
+        from .runners import run_shard
+
         with self.lock:
             self._threads()
-            for i in range(0, len(x), batch_size):
-                yb = None if y is None else y[i:i + batch_size]
-                out.append(self.simulator.run_batch(x[i:i + batch_size], T, yb, start=start + i))
+            out = [run_shard(self.simulator, plan, source, a, b) for a, b in shards]
         self.shards_run += 1
         return out
 
@@ -188,17 +157,28 @@ def _plugin(name: str) -> EvsimWorkerPlugin:
     return plugin
 
 
-def _run_shard(name: str, source, start: int, stop: int, T: int, batch_size: int) -> list:
-    """Task: read samples [start, stop) from the data file and simulate them batch by batch."""
-    state = _plugin(name).state()
-    x, y = source.read(start, stop)
-    return state.run(x, y, start, T, batch_size)
+def _run_group(name: str, plan, source, shards) -> list:
+    """Task: simulate a group of shards, reading each batch from ``source`` on this worker."""
+    return _plugin(name).state().run(plan, source, shards)
 
 
-def _run_slice(name: str, data, start: int, T: int, batch_size: int) -> list:
-    """Task: simulate samples handed over with the task (in-memory data)."""
-    x, y = data
-    return _plugin(name).state().run(x, y, start, T, batch_size)
+class _Slice:
+    """Samples ``[offset, offset + len(x))`` of an in-memory data set, shipped with one task."""
+
+    def __init__(self, x, y, offset: int):
+        self.x, self.y, self.offset = x, y, offset
+
+    @property
+    def n(self) -> int:
+        return self.offset + len(self.x)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.y is not None
+
+    def read(self, start: int, stop: int):
+        a, b = start - self.offset, stop - self.offset
+        return self.x[a:b], None if self.y is None else self.y[a:b]
 
 
 def _worker_stats(name: str, dask_worker=None) -> dict:
@@ -210,44 +190,64 @@ def _worker_stats(name: str, dask_worker=None) -> dict:
 
 
 def _reads_itself(source) -> bool:
-    """True for a source that workers can re-open by path (a data file); else slices are shipped."""
-    return getattr(source, "path", None) is not None
+    """True for a small source that workers re-open themselves (a data file), False for data in
+    memory (its slices are shipped with the tasks instead of the whole set with every task)."""
+    from .runners import ArraySource
+
+    if isinstance(source, ArraySource):
+        return False
+    try:
+        return len(pickle.dumps(source, protocol=pickle.HIGHEST_PROTOCOL)) <= _SMALL_SOURCE
+    except Exception:  # noqa: BLE001 - not picklable: ship the slices
+        return False
 
 
 # --------------------------------------------------------------------------- client side
 class DaskRunner:
-    """Runs shards as tasks on a Dask cluster (the architecture's runner interface).
+    """Runs a simulation's shards as tasks on a Dask cluster (the :class:`~evsim.runners.Runner` interface).
+
+    The run's shards (its batches) are gathered into tasks of about ``shard_size`` samples
+    (:func:`~evsim.checkpoint.group_shards`); each task yields one BatchResult per shard, like the serial runner.
 
     Parameters
     ----------
     client : distributed.Client
         A connected client (see :func:`open_client`).
     shard_size : int, optional
-        Samples per task, a multiple of the batch size (default :func:`default_shard_size`).
+        Samples per task, rounded down to whole batches, at least one batch (default
+        :func:`~evsim.checkpoint.default_shard_size`: about 64 tasks of at most 16 batches).
     retries : int
         Times a task that *raised* is retried (a task whose worker *died* is re-run by the
         scheduler, up to ``distributed.scheduler.allowed-failures`` times).
     numba_threads : int, optional
         Numba threads per worker process (default: the worker's ``NUMBA_NUM_THREADS``).
     warm_up : bool
-        Compile / load the kernels on every worker before the first task.
+        Compile / load the kernels on every worker before its first task.
+
+    Attributes
+    ----------
+    shards : dict
+        After a run: ``{"total": tasks, "reused": 0}``.
+    workers : dict
+        After a run: per worker address, the seconds its warm-up took and the tasks it ran.
 
     Examples
     --------
+    >>> from evsim.data_io import open_data
     >>> from evsim.distributed import DaskRunner, open_client
     >>> with open_client(workers=2) as client:                      # doctest: +SKIP
-    ...     results = evsim.simulate("snn.h5", source, T=32, runner=DaskRunner(client))
+    ...     data = open_data("test.h5", (3, 32, 32), 10)
+    ...     results = evsim.simulate("snn.h5", data, T=32, runner=DaskRunner(client))
     """
 
     def __init__(self, client, shard_size: int | None = None, retries: int = 2, numba_threads: int | None = None,
                  warm_up: bool = True):
         require_dask()
         self.client = client
-        self.shard_size = shard_size
+        self.shard_size = check_shard_size(shard_size)
         self.retries = int(retries)
         self.numba_threads = numba_threads
         self.warm_up = warm_up
-        #: after a run: {"total": shards, "reused": 0}, and per-worker warm-up seconds
         self.shards: dict | None = None
         self.workers: dict | None = None
 
@@ -265,46 +265,28 @@ class DaskRunner:
             A task was lost more often than allowed (workers keep dying), or the cluster went away.
         """
         from distributed import as_completed
-        from distributed.client import FutureCancelledError
 
-        shards = [(int(a), int(b)) for a, b in shards]
-        self.shards = {"total": len(shards), "reused": 0}
-        if not shards:
+        groups = shard_groups(shards, plan, self.shard_size)
+        self.shards = {"total": len(groups), "reused": 0}
+        if not groups:
             return
         payload = pickle.dumps(network, protocol=pickle.HIGHEST_PROTOCOL)
         name = f"evsim-{hashlib.sha256(payload).hexdigest()[:12]}-{plan.precision}-{uuid.uuid4().hex[:8]}"
-        plugin = EvsimWorkerPlugin(name, payload, plan.precision, self.numba_threads, self.warm_up)
         client = self.client
-        client.register_plugin(plugin, name=name)
+        client.register_plugin(EvsimWorkerPlugin(name, payload, plan.precision, self.numba_threads, self.warm_up),
+                               name=name)
         futures = []
         try:
-            ahead = _reads_itself(source)
-            for start, stop in shards:
-                key = f"evsim-shard-{start}-{stop}-{name}"
-                if ahead:
-                    futures.append(client.submit(_run_shard, name, source, start, stop, plan.T, plan.batch_size,
-                                                 key=key, retries=self.retries, pure=False))
-                else:
-                    data = client.scatter(source.read(start, stop), hash=False)
-                    futures.append(client.submit(_run_slice, name, data, start, plan.T, plan.batch_size,
-                                                 key=key, retries=self.retries, pure=False))
-            for future in as_completed(futures):
-                try:
-                    results = future.result()
-                except EvsimError:
-                    raise
-                except FutureCancelledError as exc:
-                    raise ClusterError(describe("Dask cluster", "every shard to finish",
-                                                f"shard {future.key} cancelled ({exc})",
-                                                "the scheduler or the client lost the task; run again "
-                                                "(with --checkpoint finished shards are kept)")) from None
-                except Exception as exc:  # noqa: BLE001 - KilledWorker, CommClosedError, OSError ...
-                    raise ClusterError(describe("Dask cluster", "every shard to finish",
-                                                f"{type(exc).__name__}: {exc}",
-                                                "a worker died more often than the scheduler allows "
-                                                "(distributed.scheduler.allowed-failures) or the cluster went "
-                                                "away; run again (with --checkpoint finished shards are kept)")
-                                       ) from exc
+            itself = _reads_itself(source)
+            for group in groups:
+                lo, hi = group[0][0], group[-1][1]
+                task_source = source
+                if not itself:  # in memory: this task's samples go to a worker, once
+                    task_source = client.scatter(_Slice(*source.read(lo, hi), lo), hash=False)
+                futures.append(client.submit(_run_group, name, plan, task_source, group,
+                                             key=f"evsim-shard-{lo}-{hi}-{name}", retries=self.retries, pure=False))
+            for future in as_completed(futures, loop=client.loop):
+                results = _result(future)
                 future.release()
                 yield from results
                 if progress is not None:
@@ -318,6 +300,19 @@ class DaskRunner:
                     client.cancel(pending)
             with contextlib.suppress(Exception):
                 client.unregister_worker_plugin(name)
+
+
+def _result(future) -> list:
+    """A task's result; evsim's own errors as they are, cluster failures as one ClusterError."""
+    try:
+        return future.result()
+    except EvsimError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - KilledWorker, CancelledError, CommClosedError, OSError ...
+        raise ClusterError(describe(
+            "Dask cluster", "every shard to finish", f"shard {future.key}: {type(exc).__name__}: {exc}",
+            "a worker died more often than the scheduler allows (distributed.scheduler.allowed-failures), "
+            "or the cluster went away; run again (with --checkpoint, finished shards are kept)")) from exc
 
 
 def dashboard_link(client) -> str | None:
@@ -340,7 +335,7 @@ def _cores() -> int:
 def _connect_timeout() -> float:
     import dask
 
-    from distributed.utils import parse_timedelta
+    from dask.utils import parse_timedelta
 
     return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="s"))
 

@@ -1,0 +1,226 @@
+"""Dask runs and checkpoints (issue 14), on loopback only.
+
+A distributed or resumed run must give the single-process report exactly: accuracy per
+step, spikes, events and SOPs per layer, energy, predictions.  Every cluster, scheduler and
+worker started here is stopped (process groups killed) before the test ends.
+"""
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import evsim
+from evsim.checkpoint import (Checkpoint, CheckpointRunner, content_hash, default_shard_size, group_shards,
+                              shard_groups)
+from evsim.data_io import load_data, open_data
+from evsim.distributed import DaskRunner, _reads_itself, open_client, require_dask
+from evsim.engine import Simulator, as_network
+from evsim.errors import CheckpointError, ClusterError, DataError, MissingDependencyError
+from evsim.runners import ArraySource
+
+DATA = files("evsim.data")
+MODEL = str(DATA / "mnist_qcfs.npz")
+SHAPE = (1, 28, 28)
+T, BATCH, SAMPLES = 4, 8, 64
+#: keys of a report that say how a run was executed, not what it measured
+HOW = ("timing",)
+HOW_SETTINGS = ("shards", "runner", "checkpoint")
+
+
+def report(results) -> dict:
+    """The JSON report without what differs between executions of the same run."""
+    d = json.loads(json.dumps(results.to_dict(), default=str)) if not isinstance(results, dict) else dict(results)
+    for key in HOW:
+        d.pop(key, None)
+    d["settings"] = {k: v for k, v in d["settings"].items() if k not in HOW_SETTINGS}
+    return d
+
+
+def assert_same_run(a, b):
+    """Identical reports (accuracy per step, spikes, events, SOPs per layer and step, energy) and predictions."""
+    assert report(a) == report(b)
+    np.testing.assert_array_equal(a.predictions, b.predictions)
+    assert a.counts.keys() == b.counts.keys()
+    for name in a.counts:
+        for counter in a.counts[name]:
+            np.testing.assert_array_equal(a.counts[name][counter], b.counts[name][counter])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The first 256 shipped test digits as .h5 and .npz files, and in memory."""
+    import h5py
+
+    x, y = load_data(DATA / "mnist_test.npz", SHAPE, 10, samples=256)
+    root = tmp_path_factory.mktemp("data")
+    with h5py.File(root / "digits.h5", "w") as f:
+        f["x"], f["y"] = x, y
+    np.savez(root / "digits.npz", x=x, y=y)
+    return {"h5": root / "digits.h5", "npz": root / "digits.npz", "x": x, "y": y}
+
+
+@pytest.fixture(scope="module")
+def serial(data):
+    """The single-process reference run."""
+    return evsim.simulate(MODEL, data["x"][:SAMPLES], data["y"][:SAMPLES], T=T, batch_size=BATCH)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A LocalCluster of 2 worker processes, one thread each."""
+    with open_client(workers=2) as c:
+        yield c
+
+
+def source(data, kind, samples=SAMPLES):
+    if kind == "memory":
+        return ArraySource(data["x"][:samples], data["y"][:samples])
+    return open_data(data[kind], SHAPE, 10, samples=samples)
+
+
+# --------------------------------------------------------------------------- local cluster
+@pytest.mark.parametrize("kind, shard_size", [("h5", 16), ("npz", 8), ("memory", None)])
+def test_local_cluster_equals_the_serial_run(client, data, serial, kind, shard_size):
+    runner = DaskRunner(client, shard_size=shard_size)
+    src = source(data, kind)
+    results = evsim.simulate(MODEL, src, T=T, batch_size=BATCH, runner=runner)
+    assert_same_run(results, serial)
+    expected = len(group_shards([(a, min(a + BATCH, SAMPLES)) for a in range(0, SAMPLES, BATCH)],
+                                shard_size or default_shard_size(SAMPLES, BATCH)))
+    assert runner.shards == {"total": expected, "reused": 0}
+    # the model went once to each worker, which warmed its kernels up before its first task
+    assert len(runner.workers) == 2 and all(w["warm_up_s"] > 0 for w in runner.workers.values())
+    # a file source travels as a path (each worker reads its own slices); arrays travel as slices
+    assert _reads_itself(src) == (kind != "memory")
+    if kind != "memory":
+        assert len(pickle.dumps(src)) < 10_000
+
+
+def test_shards_are_whole_batches_and_the_grouping_is_stable():
+    batches = [(a, min(a + 8, 102)) for a in range(0, 102, 8)]
+    groups = group_shards(batches, 20)  # at most 20 samples: two batches of 8 per group
+    assert [g[0][0] for g in groups] == [0, 16, 32, 48, 64, 80, 96]
+    assert all(len(g) == 2 for g in groups[:-1]) and groups[-1] == [(96, 102)]
+    assert group_shards(batches[:-1] + [(96, 100)], 20)[-1] == [(80, 88), (88, 96), (96, 100)]
+    assert group_shards(batches, 3) == [[b] for b in batches]  # never a split batch
+    # what a checkpoint has not finished regroups into the same groups
+    left = groups[1] + groups[2] + groups[5]
+    assert group_shards(left, 20) == [groups[1], groups[2], groups[5]]
+    with pytest.raises(DataError, match="--shard-size"):
+        DaskRunner.__init__(object.__new__(DaskRunner), None, shard_size=0)
+
+
+# --------------------------------------------------------------------------- connection errors
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_scheduler_is_one_clear_error_within_the_timeout():
+    address = f"tcp://127.0.0.1:{free_port()}"
+    t0 = time.perf_counter()
+    with pytest.raises(ClusterError, match=r"--scheduler tcp://127\.0\.0\.1:\d+: expected a reachable Dask "
+                                           r"scheduler, found no connection within 2 s"):
+        with open_client(scheduler=address, timeout=2):
+            pass
+    with pytest.raises(ClusterError, match="EVSIM_SCHEDULER="):
+        with open_client(environ={"EVSIM_SCHEDULER": address}, timeout=2):
+            pass
+    assert time.perf_counter() - t0 < 30
+    with pytest.raises(ClusterError, match="--workers and --scheduler"):
+        with open_client(workers=2, scheduler=address):
+            pass
+    with pytest.raises(ClusterError, match="no such file"):
+        with open_client(scheduler_file="/nonexistent/scheduler.json"):
+            pass
+
+
+def test_without_dask_the_api_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(MissingDependencyError, match=r'pip install "evsim\[dask\]"'):
+        require_dask()
+    with pytest.raises(MissingDependencyError, match=r'pip install "evsim\[dask\]"'):
+        with open_client(workers=2):
+            pass
+
+
+# --------------------------------------------------------------------------- checkpoints
+def test_a_checkpoint_resumes_and_reuses_finished_shards(data, serial, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    first = CheckpointRunner(ckpt, shard_size=16)
+    assert_same_run(evsim.simulate(MODEL, source(data, "h5"), T=T, batch_size=BATCH, runner=first), serial)
+    assert first.shards == {"total": 4, "reused": 0}
+    shard_files = sorted(ckpt.glob("shard-*.npz"))
+    assert len(shard_files) == 4
+    shard_files[2].unlink()  # as if the run had died before that shard
+    (ckpt / ".shard-0000000032-0000000048.npz.x.tmp").write_bytes(b"half")  # a write cut short
+    again = CheckpointRunner(ckpt, shard_size=16)
+    assert_same_run(evsim.simulate(MODEL, source(data, "h5"), T=T, batch_size=BATCH, runner=again), serial)
+    assert again.shards == {"total": 4, "reused": 3}
+    assert not list(ckpt.glob(".*.tmp")) and len(list(ckpt.glob("shard-*.npz"))) == 4
+
+
+def test_a_changed_model_data_or_setting_is_refused(data, serial, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    run = lambda model=MODEL, src=None, **kw: evsim.simulate(  # noqa: E731
+        model, src or source(data, "h5"), **{"T": T, "batch_size": BATCH, **kw}, runner=CheckpointRunner(ckpt))
+    run()
+    with pytest.raises(CheckpointError, match=r"expected the model, data and settings of the run that wrote it, "
+                                              r"found a different model .*fresh --checkpoint directory"):
+        run(str(DATA / "mnist_csqcfs.npz"))
+    with pytest.raises(CheckpointError, match="a different model"):
+        run(options=evsim.ConversionOptions("gn", tau=2))
+    with pytest.raises(CheckpointError, match=r"different settings \(settings\.T 4 -> 8"):
+        run(T=8)
+    with pytest.raises(CheckpointError, match="different settings"):
+        run(precision="float64")
+    changed = dict(data)
+    changed["h5"] = tmp_path / "changed.h5"
+    import h5py
+
+    with h5py.File(changed["h5"], "w") as f:
+        f["x"], f["y"] = data["x"][::-1], data["y"][::-1]
+    with pytest.raises(CheckpointError, match="a different data file"):
+        run(src=source(changed, "h5"))
+    # the energy constants are applied to the merged counts: changing them reuses every shard
+    runner = CheckpointRunner(ckpt)
+    cheaper = evsim.simulate(MODEL, source(data, "h5"), T=T, batch_size=BATCH, runner=runner,
+                             energy=evsim.EnergyModel.preset("45nm-int8"))
+    assert runner.shards["reused"] == runner.shards["total"]
+    assert cheaper.accuracy == serial.accuracy and cheaper.energy_snn_pj < serial.energy_snn_pj
+    # a directory that is not a checkpoint is never written into
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="an empty directory or an evsim checkpoint"):
+        evsim.simulate(MODEL, source(data, "h5"), T=T, batch_size=BATCH, runner=CheckpointRunner(tmp_path / "other"))
+
+
+def test_a_shard_file_of_another_run_is_not_loaded(tmp_path):
+    a = Checkpoint.open(tmp_path / "a", {"model": {"sha256": "1"}})
+    b = Checkpoint.open(tmp_path / "b", {"model": {"sha256": "2"}})
+    result = Simulator(as_network(MODEL)).run_batch(np.zeros((2,) + SHAPE), 2, np.array([0, 1]))
+    a.save(0, 2, [result])
+    (tmp_path / "b" / a.path(0, 2).name).write_bytes(a.path(0, 2).read_bytes())
+    assert b.load(0, 2) is None
+    back = a.load(0, 2)[0]
+    assert (back.start, back.samples, back.T) == (0, 2, 2)
+    np.testing.assert_array_equal(back.correct, result.correct)
+    np.testing.assert_array_equal(back.logits, result.logits)
+    assert back.layers.keys() == result.layers.keys()
+
+
+def test_content_hash_is_canonical():
+    net = as_network(MODEL)
+    assert content_hash(net) == content_hash(pickle.loads(pickle.dumps(net)))
+    assert content_hash({"a": 1, "b": {2, 3}}) == content_hash({"b": {3, 2}, "a": 1})
+    assert content_hash(np.float32(1.0)) != content_hash(np.zeros(1))
