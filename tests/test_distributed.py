@@ -4,6 +4,7 @@ A distributed or resumed run must give the single-process report exactly: accura
 step, spikes, events and SOPs per layer, energy, predictions.  Every cluster, scheduler and
 worker started here is stopped (process groups killed) before the test ends.
 """
+import contextlib
 import json
 import os
 import pickle
@@ -224,3 +225,91 @@ def test_content_hash_is_canonical():
     assert content_hash(net) == content_hash(pickle.loads(pickle.dumps(net)))
     assert content_hash({"a": 1, "b": {2, 3}}) == content_hash({"b": {3, 2}, "a": 1})
     assert content_hash(np.float32(1.0)) != content_hash(np.zeros(1))
+
+
+# --------------------------------------------------------------------------- faults
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_has_its_task_rerun_and_the_report_is_exact(data):
+    samples = 128
+    serial = evsim.simulate(MODEL, data["x"][:samples], data["y"][:samples], T=T, batch_size=BATCH)
+    killed = []
+    with open_client(workers=2) as client:
+        runner = DaskRunner(client, shard_size=BATCH)
+
+        def kill_a_busy_worker(n):
+            if killed:
+                return
+            busy = {w: keys for w, keys in client.processing().items() if keys}
+            if not busy:
+                return
+            worker = next(iter(busy))
+            pid = client.run(os.getpid, workers=[worker])[worker]
+            os.kill(pid, signal.SIGKILL)
+            killed.append((worker, pid, busy[worker]))
+
+        results = evsim.simulate(MODEL, source(data, "h5", samples), T=T, batch_size=BATCH, runner=runner,
+                                 progress=kill_a_busy_worker)
+        assert killed, "no worker was busy when the first shard finished"
+        worker, pid, lost = killed[0]
+        assert lost and all(str(key).startswith("evsim-shard-") for key in lost)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert runner.shards == {"total": samples // BATCH, "reused": 0}
+    assert_same_run(results, serial)
+
+
+# --------------------------------------------------------------------------- an existing cluster
+def dask_command() -> str:
+    return str(Path(sys.executable).with_name("dask"))
+
+
+@pytest.fixture
+def external_cluster(tmp_path):
+    """`dask scheduler` and two `dask worker` processes on 127.0.0.1; yields (address, scheduler file)."""
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    procs = []
+    log = open(tmp_path / "cluster.log", "wb")
+
+    def start(*args):
+        procs.append(subprocess.Popen([dask_command(), *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                      cwd=tmp_path, start_new_session=True))
+
+    try:
+        start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+              str(scheduler_file))
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists():
+            assert procs[0].poll() is None and time.monotonic() < deadline, (tmp_path / "cluster.log").read_text()
+            time.sleep(0.1)
+        time.sleep(0.2)  # the file is written whole, but give the writer its close
+        address = json.loads(scheduler_file.read_text())["address"]
+        for i in range(2):
+            start("worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1", "--host", "127.0.0.1",
+                  "--no-dashboard", "--name", f"evsim-test-{i}")
+        yield address, scheduler_file
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=15)
+        log.close()
+
+
+@pytest.mark.slow
+def test_an_external_scheduler_and_workers_on_loopback(external_cluster, data, serial):
+    address, scheduler_file = external_cluster
+    with open_client(scheduler_file=str(scheduler_file)) as client:
+        client.wait_for_workers(2, timeout=60)
+        runner = DaskRunner(client, shard_size=16)
+        assert_same_run(evsim.simulate(MODEL, source(data, "npz"), T=T, batch_size=BATCH, runner=runner), serial)
+        assert len(runner.workers) == 2
+    with open_client(environ={"EVSIM_SCHEDULER": address}) as client:
+        runner = DaskRunner(client)
+        assert_same_run(evsim.simulate(MODEL, source(data, "h5"), T=T, batch_size=BATCH, runner=runner), serial)
