@@ -32,7 +32,7 @@ from evsim.ann import forward
 from evsim.convert import ConversionOptions, convert
 from evsim.ops import OPS
 from evsim.data_io import check_data
-from evsim.errors import CalibrationError, ConversionError, describe
+from evsim.errors import CalibrationError, describe
 from evsim.graph import Graph, Node, validate
 
 __all__ = [

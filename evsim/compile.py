@@ -30,6 +30,7 @@ in channels-first flat order (as in the file format) and permuted at the end.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -41,7 +42,8 @@ from .neurons import get_model
 from .operators import ConvOp, MatrixOp, conv_matrix, identity, is_diagonal, shape3 as _shape3
 from .ops import OPS
 
-__all__ = ["Population", "Gate", "Projection", "Network", "compile_network", "ConvOp", "MatrixOp",
+__all__ = ["Population", "Gate", "Projection", "ConvProjection", "DiagonalProjection", "DenseProjection",
+           "CSRProjection", "ConvGeometry", "Network", "compile_network", "ConvOp", "MatrixOp",
            "compose_path", "conv_matrix", "hwc_order", "to_engine_layout"]
 
 Shape3 = tuple[int, int, int]
@@ -138,33 +140,145 @@ class Gate:
     unit: np.ndarray
 
 
+class ConvGeometry(NamedTuple):
+    """Where an implicit convolution reads and writes (engine layout, channels last)."""
+
+    src_h: int
+    src_w: int
+    src_c: int
+    crop_h: int
+    crop_w: int
+    out_h: int
+    out_w: int
+    out_c: int
+    k_h: int
+    k_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dil_h: int
+    dil_w: int
+    groups: int
+
+
 @dataclass
 class Projection:
-    """Composed connectivity from one source (population or gate) to one target.
+    """Composed connectivity from one source (population, gate or the analog input) to one target.
 
-    ``kind`` is ``conv`` (implicit convolution, ``weight`` (kH, kW, C_src, C_out/groups)
-    and ``geometry``), ``diagonal`` (same shape, neuron n feeds neuron n: ``weight`` (N,),
-    e.g. a residual shortcut), ``dense`` (``weight`` (N_src, N_dst)) or ``csr``
-    (``indptr``, ``indices``, ``data``); weights in engine layout with the source's
-    payload unit folded in.  ``fanout`` counts structural synapses per source neuron.
-
-    A ``conv`` projection with ``pool != (1, 1)`` first sums the source over
-    non-overlapping ``pool`` blocks (a composed average pooling, its ``1/k²`` folded
-    into ``weight``), then convolves that pooled grid; ``geometry`` then describes the
-    convolution on the pooled grid (source shape and crop stay those of the source).
+    Weights are in engine layout with the source's payload unit folded in; ``fanout``
+    counts structural synapses per source neuron.  Each kind is a subclass with its own
+    :meth:`prepare`, which lays the weights out for its scatter kernel.
     """
 
     source: str
     target: str
     path: tuple[str, ...]
-    kind: str
     fanout: np.ndarray
-    weight: np.ndarray | None = None
-    geometry: tuple[int, ...] = ()
-    indptr: np.ndarray | None = None
-    indices: np.ndarray | None = None
-    data: np.ndarray | None = None
+
+    kind = "abstract"
+
+    def prepare(self, cast) -> tuple[Callable, tuple]:
+        """``(scatter(ev_idx, ev_cnt, nev, current), weight arrays)`` in the dtype ``cast`` gives."""
+        raise NotImplementedError
+
+
+@dataclass
+class ConvProjection(Projection):
+    """An implicit convolution; ``weight`` (kH, kW, C_src, C_out/groups).
+
+    With ``pool != (1, 1)`` the source is first summed over non-overlapping ``pool`` blocks (a
+    composed average pooling, its ``1/k²`` folded into ``weight``), then convolved; ``geometry``
+    then describes the convolution on the pooled grid (source shape and crop stay the source's).
+    """
+
+    weight: np.ndarray = None
+    geometry: ConvGeometry = None
     pool: tuple[int, int] = (1, 1)
+
+    kind = "conv"
+
+    def prepare(self, cast):
+        from . import _kernels as K
+        from ._kernels import tuning
+
+        g = self.geometry
+        if g.groups == 1 and g.dil_h == g.dil_w == 1:
+            rows, taps_y, taps_x = K.conv_rows_layout(cast(self.weight), g.stride_h, g.stride_w)
+            pool_h, pool_w = self.pool
+            # weights larger than a core's L2 are scattered by blocks of source channels that fit
+            c_block = g.src_c if rows.nbytes <= tuning.L2_BUDGET else max(1, tuning.L2_BUDGET * g.src_c // rows.nbytes)
+
+            def scatter(ev_idx, ev_cnt, nev, current):
+                items = len(nev)
+                bands = min(g.out_h, tuning.splits(items))  # few items (batch 1): split their output rows too
+                block = c_block if items >= tuning.MIN_BLOCK_ITEMS else g.src_c
+                K.scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current, g.src_w, g.src_c, g.crop_h,
+                                    g.crop_w, pool_h, pool_w, g.out_h, g.out_w, g.out_c, g.stride_h, g.stride_w,
+                                    g.pad_h, g.pad_w, bands, block)
+            return scatter, (rows,)
+        # factor_pooling only pools groups-1, dilation-1 convolutions
+        weight = cast(self.weight)
+
+        def scatter(ev_idx, ev_cnt, nev, current):
+            K.scatter_conv(ev_idx, ev_cnt, nev, weight, current, *g)
+        return scatter, (weight,)
+
+
+@dataclass
+class DiagonalProjection(Projection):
+    """Same shape, neuron n feeds neuron n with ``weight[n]`` (e.g. a residual shortcut)."""
+
+    weight: np.ndarray = None
+
+    kind = "diagonal"
+
+    def prepare(self, cast):
+        from . import _kernels as K
+
+        weight = cast(self.weight)
+
+        def scatter(ev_idx, ev_cnt, nev, current):
+            K.scatter_diagonal(ev_idx, ev_cnt, nev, weight, current)
+        return scatter, (weight,)
+
+
+@dataclass
+class DenseProjection(Projection):
+    """A dense matrix ``weight`` (N_src, N_dst)."""
+
+    weight: np.ndarray = None
+
+    kind = "dense"
+
+    def prepare(self, cast):
+        from . import _kernels as K
+
+        weight = cast(self.weight)
+
+        def scatter(ev_idx, ev_cnt, nev, current):
+            K.scatter_dense(ev_idx, ev_cnt, nev, weight, current)
+        return scatter, (weight,)
+
+
+@dataclass
+class CSRProjection(Projection):
+    """A sparse matrix in CSR form (rows: source neurons)."""
+
+    indptr: np.ndarray = None
+    indices: np.ndarray = None
+    data: np.ndarray = None
+
+    kind = "csr"
+
+    def prepare(self, cast):
+        from . import _kernels as K
+
+        indptr, indices, data = self.indptr, self.indices, cast(self.data)
+
+        def scatter(ev_idx, ev_cnt, nev, current):
+            K.scatter_csr(ev_idx, ev_cnt, nev, indptr, indices, data, current)
+        return scatter, (indptr, indices, data)
 
 
 @dataclass
@@ -334,7 +448,7 @@ def _projection(source: str, target: str, chain, src_shape: Shape3, unit: np.nda
     path = tuple(n.name for n, _ in chain)
     if is_diagonal(op):  # a residual shortcut: current[n] += k * w[n]
         weight = np.tile(op.weight.reshape(-1) * unit, op.in_shape[1] * op.in_shape[2])
-        return Projection(source, target, path, "diagonal", fanout, weight)
+        return DiagonalProjection(source, target, path, fanout, weight)
     if isinstance(op, ConvOp):
         pool, reduced = factor_pooling(op)
         crop = op.crop
@@ -344,19 +458,19 @@ def _projection(source: str, target: str, chain, src_shape: Shape3, unit: np.nda
         # (C_out, cig, kh, kw) -> (kh, kw, C_in, C_out/g): row [ky, kx, c] feeds one group's outputs
         w = op.weight.reshape(g, c_out // g, cig, kh, kw).transpose(3, 4, 0, 2, 1).reshape(kh, kw, c_in, c_out // g)
         w = w * unit[None, None, :, None]
-        geometry = (*src_shape[1:], c_in, *crop, *op.out_shape[1:], c_out, kh, kw,
-                    *op.stride, *op.padding, *op.dilation, g)
-        return Projection(source, target, path, "conv", fanout, np.ascontiguousarray(w), geometry, pool=pool)
+        geometry = ConvGeometry(*src_shape[1:], c_in, *crop, *op.out_shape[1:], c_out, kh, kw,
+                                *op.stride, *op.padding, *op.dilation, g)
+        return ConvProjection(source, target, path, fanout, np.ascontiguousarray(w), geometry, pool)
     rows, cols = hwc_order(op.in_shape), hwc_order(op.out_shape)
     scale = np.tile(unit, op.in_shape[1] * op.in_shape[2])  # engine layout: channel = n % C
     if sp.issparse(op.matrix):
         m = sp.csr_matrix(op.matrix)[rows][:, cols]
         m = sp.csr_matrix(sp.diags(scale) @ m)
         m.sort_indices()
-        return Projection(source, target, path, "csr", fanout, indptr=m.indptr.astype(np.int64),
-                          indices=m.indices.astype(np.int64), data=m.data)
+        return CSRProjection(source, target, path, fanout, m.indptr.astype(np.int64), m.indices.astype(np.int64),
+                             m.data)
     m = np.asarray(op.matrix)[rows][:, cols] * scale[:, None]
-    return Projection(source, target, path, "dense", fanout, np.ascontiguousarray(m))
+    return DenseProjection(source, target, path, fanout, np.ascontiguousarray(m))
 
 
 def _per_neuron(value: np.ndarray, shape: Shape3) -> np.ndarray:

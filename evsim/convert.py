@@ -33,9 +33,11 @@ class ConversionOptions:
     reset : {"subtract", "zero"} or None
         Reset after a spike, for models that have one (IF); None = the model's default.
     tau : int or None
-        Shorthand for ``params={"tau": tau}`` (Group Neurons' members).
-    params : dict or None
+        Shorthand for ``neuron_params={"tau": tau}`` (Group Neurons' members).
+    neuron_params : dict or None
         Values of the model's declared parameters; the others keep their defaults.
+        ``params`` is the same (either may be given); after construction both hold the
+        resolved values of every declared parameter.
 
     An option that does not apply to the chosen model (``reset`` for GN, ``tau`` for IF, a
     parameter the model does not declare) raises :class:`~evsim.errors.ConversionError`;
@@ -46,6 +48,7 @@ class ConversionOptions:
     v0: str | None = None
     reset: str | None = None
     tau: int | None = None
+    neuron_params: Mapping | None = None
     params: Mapping | None = None
 
     def __post_init__(self):
@@ -61,7 +64,11 @@ class ConversionOptions:
             if self.reset not in model.resets:
                 raise ConversionError(describe(f"{where}, reset", "one of " + ", ".join(map(repr, model.resets)),
                                                _short(self.reset)))
-        given = dict(self.params or {})
+        if self.params is not None and self.neuron_params is not None and dict(self.params) != dict(
+                self.neuron_params):
+            raise ConversionError(describe(f"{where}, neuron_params", "the model parameters given once",
+                                           f"params={_short(self.params)} and neuron_params={_short(self.neuron_params)}"))
+        given = dict(self.neuron_params if self.neuron_params is not None else self.params or {})
         if self.tau is not None:
             if "tau" not in model.params:
                 raise ConversionError(describe(f"{where}, tau", f"tau only for models that have it (gn), not "
@@ -70,7 +77,9 @@ class ConversionOptions:
                 raise ConversionError(describe(f"{where}, tau", "tau given once", f"tau={self.tau!r} and "
                                                f"params tau={given['tau']!r}"))
             given["tau"] = self.tau
-        object.__setattr__(self, "params", dict(model.resolve(given, where)))
+        resolved = dict(model.resolve(given, where))
+        object.__setattr__(self, "params", resolved)
+        object.__setattr__(self, "neuron_params", resolved)
 
     @property
     def model(self) -> NeuronModel:
@@ -95,6 +104,11 @@ class ConversionOptions:
 
     def __hash__(self):
         return hash((self.neuron, self.v0, self.reset, tuple(sorted(self.params.items()))))
+
+    def __eq__(self, other):
+        if not isinstance(other, ConversionOptions):
+            return NotImplemented
+        return (self.neuron, self.v0, self.reset, self.params) == (other.neuron, other.v0, other.reset, other.params)
 
 
 def initial_potential(threshold: np.ndarray, options: ConversionOptions) -> np.ndarray:

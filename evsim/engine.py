@@ -33,7 +33,8 @@ from typing import Callable
 import numpy as np
 
 from . import _kernels as K
-from .compile import Network, Projection, compile_network, to_engine_layout
+from ._kernels import tuning
+from .compile import Network, compile_network, to_engine_layout
 from .convert import ConversionOptions, convert
 from .data_io import check_data
 from .errors import ConversionError, DataError, ResourceLimitError, describe
@@ -45,24 +46,6 @@ from .results import COUNTERS, BatchResult, EnergyModel, Results, RunPlan
 __all__ = ["simulate", "Simulator", "PRECISIONS", "as_network", "plan_run", "check_run_memory"]
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
-#: a neuron kernel splits a population into parts so that there are about this many work
-#: items per thread (load balance), but no part is smaller than ``_MIN_PART`` neurons
-_ITEMS_PER_THREAD = 4
-_MIN_PART = 2048
-#: bytes of convolution weights one block of source channels may hold: about half of a
-#: server core's L2 (1-2 MB), the rest is left for the currents being written
-_L2_BUDGET = 512 * 1024
-_MIN_BLOCK_ITEMS = 16
-
-
-def _splits(items: int) -> int:
-    """How many parts to cut each of ``items`` work items into for about ``_ITEMS_PER_THREAD``
-    items per thread (items differ in size; dynamic scheduling evens them out)."""
-    import numba
-
-    return max(1, -(-_ITEMS_PER_THREAD * numba.get_num_threads() // items))
-
-
 def _neuron_run(pop, cast) -> tuple[Callable, tuple]:
     """The layer kernel of a population and its leading arguments (in the kernel's dtype).
 
@@ -98,62 +81,6 @@ def _signed_if(pop, cast):
 #: hand-written layer kernels by name (NeuronModel.kernel): only where a step function cannot express
 #: the model (signed IF keeps a net count per neuron)
 HAND_WRITTEN = {"signed_if_run": _signed_if}
-
-
-def _prepare_conv(proj: Projection, cast) -> tuple[Callable, tuple]:
-    (_, src_w, src_c, crop_h, crop_w, out_h, out_w, out_c, k_h, k_w,
-     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups) = proj.geometry
-    if groups == 1 and dil_h == dil_w == 1:
-        rows, taps_y, taps_x = K.conv_rows_layout(cast(proj.weight), stride_h, stride_w)
-        pool_h, pool_w = proj.pool
-        # weights larger than a core's L2 are scattered by blocks of source channels that fit
-        c_block = src_c if rows.nbytes <= _L2_BUDGET else max(1, _L2_BUDGET * src_c // rows.nbytes)
-
-        def scatter(ev_idx, ev_cnt, nev, current):
-            items = len(nev)
-            bands = min(out_h, _splits(items))  # few items (batch 1): split their output rows too
-            # a block costs one parallel region: only worth it when many items re-use its weights
-            block = c_block if items >= _MIN_BLOCK_ITEMS else src_c
-            K.scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current, src_w, src_c, crop_h, crop_w,
-                                pool_h, pool_w, out_h, out_w, out_c, stride_h, stride_w, pad_h, pad_w, bands, block)
-        return scatter, (rows,)
-    # compile.factor_pooling only pools groups-1, dilation-1 convolutions
-    weight = cast(proj.weight)
-
-    def scatter(ev_idx, ev_cnt, nev, current):
-        K.scatter_conv(ev_idx, ev_cnt, nev, weight, current, *proj.geometry)
-    return scatter, (weight,)
-
-
-def _prepare_diagonal(proj: Projection, cast) -> tuple[Callable, tuple]:
-    weight = cast(proj.weight)
-
-    def scatter(ev_idx, ev_cnt, nev, current):
-        K.scatter_diagonal(ev_idx, ev_cnt, nev, weight, current)
-    return scatter, (weight,)
-
-
-def _prepare_dense(proj: Projection, cast) -> tuple[Callable, tuple]:
-    weight = cast(proj.weight)
-
-    def scatter(ev_idx, ev_cnt, nev, current):
-        K.scatter_dense(ev_idx, ev_cnt, nev, weight, current)
-    return scatter, (weight,)
-
-
-def _prepare_csr(proj: Projection, cast) -> tuple[Callable, tuple]:
-    indptr, indices, data = proj.indptr, proj.indices, cast(proj.data)
-
-    def scatter(ev_idx, ev_cnt, nev, current):
-        K.scatter_csr(ev_idx, ev_cnt, nev, indptr, indices, data, current)
-    return scatter, (indptr, indices, data)
-
-
-#: projection kind -> preparation of its weights in the kernel layout and dtype, returning
-#: (scatter call taking (ev_idx, ev_cnt, nev, current) over work items, weight arrays)
-SCATTERS: dict[str, Callable[[Projection, Callable], tuple[Callable, tuple]]] = {
-    "conv": _prepare_conv, "diagonal": _prepare_diagonal, "dense": _prepare_dense, "csr": _prepare_csr,
-}
 
 
 @dataclass
@@ -209,12 +136,12 @@ class Simulator:
             self.neuron_runs[p.name] = _call(kernel, leading) if leading else kernel
         self.scatters, self.weights = [], {}
         for i, proj in enumerate(network.projections):
-            call, arrays = SCATTERS[proj.kind](proj, cast)
+            call, arrays = proj.prepare(cast)
             self.scatters.append(call)
             self.weights[i] = arrays
         self.input_scatters: dict[str, list[Callable]] = {}
         for i, proj in enumerate(network.input_projections):
-            call, arrays = SCATTERS[proj.kind](proj, cast)
+            call, arrays = proj.prepare(cast)
             self.input_scatters.setdefault(proj.target, []).append(call)
             self.weights["input", i] = arrays
         self.input_size = int(np.prod(network.graph.input.shape))
@@ -279,7 +206,7 @@ class Simulator:
         bounds = self._bounds.get(key)
         if bounds is None:
             pixels = size // channels
-            n_parts = max(1, min(_splits(n_batch), pixels, size // _MIN_PART))
+            n_parts = max(1, min(tuning.splits(n_batch), pixels, size // tuning.MIN_PART))
             bounds = self._bounds[key] = np.linspace(0, pixels, n_parts + 1).astype(np.int64) * channels
         return bounds
 

@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .errors import ArrayError, ConversionError, GraphError, ManifestError, ResourceLimitError, describe
+from .errors import ArrayError, GraphError, ManifestError, ResourceLimitError, describe
 
 __all__ = [
     "Node",

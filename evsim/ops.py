@@ -17,12 +17,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.sparse as sp
 
 from . import ann
 from .errors import ConversionError, ManifestError, describe
 from .graph import Attr, Node, OpSpec, Shape, _fail, _need_chw, _window_out
-from .operators import MatrixOp, as_matrix, conv_op, depthwise, matmul, then_conv, ConvOp
 
 __all__ = ["OPS", "ACTIVATION_OPS", "register_op"]
 
@@ -35,6 +33,14 @@ def register_op(spec: OpSpec) -> OpSpec:
         raise ValueError(f"op {spec.name!r} is already registered")
     OPS[spec.name] = spec
     return spec
+
+
+def _algebra():
+    """The operator algebra (needs SciPy): imported on first composition, not with the registry,
+    so that ``import evsim`` and ``evsim --help`` stay light."""
+    from . import operators
+
+    return operators
 
 
 def _channel(param: np.ndarray, ndim: int) -> np.ndarray:
@@ -96,9 +102,10 @@ def _conv_forward(node: Node, x):
 
 
 def _conv_compose(op, node, structural, index):
+    alg = _algebra()
     a = node.attrs
     w = np.ones_like(node.arrays["weight"]) if structural else node.arrays["weight"]
-    return then_conv(op, conv_op(w, a["groups"], a["stride"], a["padding"], a["dilation"], op.out_shape))
+    return alg.then_conv(op, alg.conv_op(w, a["groups"], a["stride"], a["padding"], a["dilation"], op.out_shape))
 
 
 register_op(OpSpec(
@@ -129,10 +136,11 @@ def _linear_forward(node: Node, x):
 
 
 def _linear_compose(op, node, structural, index):
+    alg = _algebra()
     w = node.arrays["weight"]
     w = np.ones_like(w) if structural else w.astype(np.float64)
-    matrix = matmul(as_matrix(op), w.T)
-    return MatrixOp(np.asarray(matrix.todense()) if sp.issparse(matrix) else matrix, op.in_shape,
+    matrix = alg.matmul(alg.as_matrix(op), w.T)
+    return alg.MatrixOp(np.asarray(matrix.todense()) if alg.sp.issparse(matrix) else matrix, op.in_shape,
                     (w.shape[0], 1, 1))
 
 
@@ -154,12 +162,13 @@ def _batchnorm_forward(node: Node, x):
 
 def _scale_columns(op, scale):
     """``op`` followed by a per-channel (or scalar) multiplication."""
+    alg = _algebra()
     scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), (op.out_shape[0],))
-    if isinstance(op, MatrixOp):
+    if isinstance(op, alg.MatrixOp):
         per_column = np.repeat(scale, op.out_shape[1] * op.out_shape[2])
-        m = op.matrix.multiply(per_column[None, :]).tocsr() if sp.issparse(op.matrix) else op.matrix * per_column
-        return MatrixOp(m, op.in_shape, op.out_shape)
-    return then_conv(op, depthwise(scale, (1, 1), (1, 1), (0, 0), op.out_shape))
+        m = op.matrix.multiply(per_column[None, :]).tocsr() if alg.sp.issparse(op.matrix) else op.matrix * per_column
+        return alg.MatrixOp(m, op.in_shape, op.out_shape)
+    return alg.then_conv(op, alg.depthwise(scale, (1, 1), (1, 1), (0, 0), op.out_shape))
 
 
 def _batchnorm_compose(op, node, structural, index):
@@ -210,10 +219,11 @@ def _infer_pool(node: Node, shapes: list[Shape], where: str) -> Shape:
 
 def _pool_compose(divide: bool):
     def compose(op, node, structural, index):
+        alg = _algebra()
         a = node.attrs
         value = 1.0 if structural or not divide else 1.0 / (a["kernel"][0] * a["kernel"][1])
-        return then_conv(op, depthwise(np.full(op.out_shape[0], value), a["kernel"], a["stride"], a["padding"],
-                                       op.out_shape))
+        return alg.then_conv(op, alg.depthwise(np.full(op.out_shape[0], value), a["kernel"], a["stride"], a["padding"],
+                                           op.out_shape))
     return compose
 
 
@@ -241,9 +251,10 @@ register_op(OpSpec("maxpool2d", _infer_pool, attrs=_POOL_ATTRS, forward=_maxpool
 
 
 def _global_avgpool_compose(op, node, structural, index):
+    alg = _algebra()
     _, h, w = op.out_shape
     value = 1.0 if structural else 1.0 / (h * w)
-    return then_conv(op, depthwise(np.full(op.out_shape[0], value), (h, w), (h, w), (0, 0), op.out_shape))
+    return alg.then_conv(op, alg.depthwise(np.full(op.out_shape[0], value), (h, w), (h, w), (0, 0), op.out_shape))
 
 
 register_op(OpSpec("global_avgpool", lambda n, s, w: (_need_chw(n, s[0], w)[0],),
@@ -277,11 +288,12 @@ def _pad_forward(node: Node, x):
 
 def _pad_compose(op, node, structural, index):
     """Zero padding as a 1x1 identity convolution whose output is larger (offset = top/left)."""
+    alg = _algebra()
     top, bottom, left, right = node.attrs["pads"]
     c, h, w = op.out_shape
-    pad = ConvOp(np.ones((c, 1, 1, 1)), c, (1, 1), (top, left), (1, 1), (c, h, w), (h, w),
+    pad = alg.ConvOp(np.ones((c, 1, 1, 1)), c, (1, 1), (top, left), (1, 1), (c, h, w), (h, w),
                  (c, h + top + bottom, w + left + right))
-    return then_conv(op, pad)
+    return alg.then_conv(op, pad)
 
 
 register_op(OpSpec("pad2d", _infer_pad, attrs={"pads": _PadsAttr("pads", required=True)}, forward=_pad_forward,
@@ -290,10 +302,11 @@ register_op(OpSpec("pad2d", _infer_pad, attrs={"pads": _PadsAttr("pads", require
 
 # --------------------------------------------------------------------------- shape and paths
 def _flatten_compose(op, node, structural, index):
+    alg = _algebra()
     c, h, w = op.out_shape
     if h * w == 1:  # (C, 1, 1) and (C,) share one layout
         return op
-    return MatrixOp(as_matrix(op), op.in_shape, (c * h * w, 1, 1))
+    return alg.MatrixOp(alg.as_matrix(op), op.in_shape, (c * h * w, 1, 1))
 
 
 register_op(OpSpec("flatten", lambda n, s, w: (int(np.prod(s[0])),),

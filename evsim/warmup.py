@@ -67,6 +67,18 @@ def _tiny_anns() -> list[Graph]:
             validate(Graph(InputSpec((1, 4, 4)), vector, "sum"))]
 
 
+def _variants() -> list[ConversionOptions]:
+    """One conversion per registered neuron model (plugins included) and per reset rule it has:
+    every layer kernel a simulation can use."""
+    from .neurons import available_models
+
+    out = []
+    for model in available_models():
+        for reset in model.resets or (None,):
+            out.append(ConversionOptions(model.name, reset=reset))
+    return out
+
+
 def warm_up() -> str:
     """Compile (or load from cache) all kernels for both precisions; return the cache directory."""
     from .compile import compile_network
@@ -74,8 +86,7 @@ def warm_up() -> str:
 
     for ann in _tiny_anns():
         x = np.random.default_rng(1).random((2,) + tuple(ann.input.shape))
-        for options in (ConversionOptions("if"), ConversionOptions("if", reset="zero"), ConversionOptions("gn"),
-                        ConversionOptions("signed_if")):
+        for options in _variants():
             network = compile_network(convert(ann, options))
             record = tuple(p.name for p in network.populations)
             for dtype in PRECISIONS.values():

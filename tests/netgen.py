@@ -32,6 +32,8 @@ class _Builder:
             attrs = {"model": model}
             if model == "gn":
                 attrs["tau"] = int(rng.integers(1, 5))
+            elif model == "lif":  # the plugin of tests/test_neuron_plugins.py
+                attrs["beta"] = float(rng.uniform(0.5, 1.0))
             unit = theta / attrs.get("tau", 1)
             v0 = np.asarray(unit / 2)
             return self.add("neuron", [src], attrs, {"threshold": np.asarray(theta), "v0": v0})
@@ -41,11 +43,13 @@ class _Builder:
 
 
 def random_network(seed: int, kind: str = "snn", activation: str = "if", channelwise: bool | None = None,
-                   batchnorm: bool = True, maxpool: bool = False) -> Graph:
+                   batchnorm: bool = True, maxpool: bool = False, new_ops: bool = False) -> Graph:
     """A random small network: convs (stride, padding, dilation, groups), pooling, residual add, linear.
 
     ``kind="snn"`` gives neuron nodes of model ``activation`` (if, signed_if, gn);
     ``kind="ann"`` gives ``qcfs`` (activation="qcfs") or ``relu`` activations.
+    ``new_ops`` adds a block with the format's later ops (asymmetric ``pad2d``, ``scale``,
+    ``sumpool2d``); without it the draws are those of earlier versions.
     """
     rng = np.random.default_rng(seed)
     if channelwise is None:
@@ -107,6 +111,20 @@ def random_network(seed: int, kind: str = "snn", activation: str = "if", channel
         else:  # conv with padding 1 and stride 1 (keeps size)
             cur, shape = conv(cur, shape, int(rng.integers(2, 5)), 3, 1, 1)
             cur = b.act(bn(cur, shape[0]), shape[0])
+    if new_ops:  # TF-style 'same' (asymmetric) padding, a per-channel scale, a sum pooling
+        pads = [int(v) for v in rng.integers(0, 3, 4)]
+        cur = b.add("pad2d", [cur], {"pads": pads})
+        shape = (shape[0], shape[1] + pads[0] + pads[1], shape[2] + pads[2] + pads[3])
+        k = 3 if min(shape[1:]) >= 3 else 1
+        cur, shape = conv(cur, shape, int(rng.integers(2, 5)), k, int(rng.integers(1, 3)), 0)
+        cur = b.add("scale", [cur], arrays={"scale": rng.uniform(0.5, 1.5, shape[0])})
+        cur = b.act(cur, shape[0])
+        if shape[1] >= 2 and shape[2] >= 2:
+            cur = b.add("sumpool2d", [cur], {"kernel": [2, 2]})
+            shape = (shape[0], shape[1] // 2, shape[2] // 2)
+            cur = b.add("scale", [cur], arrays={"scale": np.asarray(0.25)})
+            cur, shape = conv(cur, shape, int(rng.integers(2, 5)), 3, 1, 1)
+            cur = b.act(cur, shape[0])
     # head: global pooling or flatten, hidden linear, output linear
     if rng.random() < 0.4:
         cur = b.add("global_avgpool", [cur])

@@ -128,6 +128,22 @@ def if_run_ref(current, v0, theta, reset_zero):
     return counts, v
 
 
+def lif_run_ref(current, v0, theta, beta):
+    """Leaky IF over T steps (the plugin example of docs/usage.md): ``h = beta*v + x``; spike when
+    ``h >= θ``; ``v = h - s·θ``.  Arithmetic in the dtype of ``current``."""
+    n_batch, n_steps, n_neurons = current.shape
+    theta_n = per_neuron(theta, n_neurons)
+    beta = current.dtype.type(beta)
+    v = np.tile(v0, (n_batch, 1))
+    counts = np.zeros(current.shape, dtype=np.int64)
+    for t in range(n_steps):
+        h = beta * v + current[:, t]
+        spike = h >= theta_n
+        v = h - spike.astype(current.dtype) * theta_n
+        counts[:, t] = spike
+    return counts, v
+
+
 def gn_run_ref(current, v0, theta_unit, tau):
     """Group Neurons over T steps: count the members i = 1..tau with ``h >= i*theta_unit`` literally.
 
@@ -424,6 +440,17 @@ def _linear_op(node, x, ones=False):
     if node.op == "avgpool2d":
         out = _avgpool_naive(x[0], a["kernel"], a["stride"], a["padding"])
         return out * (a["kernel"][0] * a["kernel"][1]) if ones else out
+    if node.op == "sumpool2d":
+        out = _avgpool_naive(x[0], a["kernel"], a["stride"], a["padding"])
+        return out * (a["kernel"][0] * a["kernel"][1])
+    if node.op == "scale":
+        return x[0] if ones else x[0] * _broadcast_channel(p["scale"], x[0].shape)
+    if node.op == "pad2d":
+        top, bottom, left, right = a["pads"]
+        b_, c_, h_, w_ = x[0].shape
+        out = np.zeros((b_, c_, h_ + top + bottom, w_ + left + right))
+        out[:, :, top:top + h_, left:left + w_] = x[0]
+        return out
     if node.op == "global_avgpool":
         return x[0].sum(axis=(2, 3)) if ones else x[0].mean(axis=(2, 3))
     if node.op == "flatten":
@@ -433,7 +460,7 @@ def _linear_op(node, x, ones=False):
     raise ValueError(node.op)
 
 
-def _neuron_ref(node, h, state):
+def _neuron_ref(node, h, state, x=None):
     """One dense neuron update (methods.md 2.1-2.3) on h = v(t-1) + x(t); returns counts."""
     a = node.attrs
     theta = _broadcast_channel(node.arrays["threshold"], h.shape)
@@ -445,6 +472,13 @@ def _neuron_ref(node, h, state):
         unit = theta / a["tau"]
         s = sum((h >= i * unit).astype(np.int64) for i in range(1, a["tau"] + 1))
         state["v"] = h - s * unit
+    elif model == "lif":  # the plugin of the plugin tests: h = beta*v(t-1) + x(t), spike when h >= θ
+        h = a["beta"] * state["v"] + x  # leaks v before adding this step's input
+        s = (h >= theta).astype(np.int64)
+        state["v"] = h - s * theta
+    elif model == "ternary":  # the signed plugin: +1 above θ, -1 below -θ, v -= s·θ
+        s = (h >= theta).astype(np.int64) - (h <= -theta).astype(np.int64)
+        state["v"] = h - s * theta
     else:  # signed_if
         pos = h >= theta
         neg = ~pos & (h <= -1e-3) & (state["net"] > 0)
@@ -506,7 +540,7 @@ def simulate_reference(graph, x, T):
         for n in graph.nodes:
             ins = [values[i] for i in n.inputs]
             if n.op == "neuron":
-                s = _neuron_ref(n, state[n.name]["v"] + ins[0], state[n.name])
+                s = _neuron_ref(n, state[n.name]["v"] + ins[0], state[n.name], ins[0])
                 counts[n.name][t] = s
                 values[n.name] = s * _broadcast_channel(_unit(n), s.shape)
             elif n.op == "maxpool2d" and n.name in counts:
