@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import pickle
-import sys
 import threading
 import time
 import uuid
@@ -427,9 +425,23 @@ def open_client(workers: int | None = None, scheduler: str | None = None, schedu
                 log(f"dask dashboard: {link}")
             yield client
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), _quiet():
                 client.close()
     finally:
         if cluster is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), _quiet():
                 cluster.close()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Dask's INFO lines about closing a local cluster are not for the user of a command."""
+    import logging
+
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 
 import evsim
-from evsim.checkpoint import (Checkpoint, CheckpointRunner, content_hash, default_shard_size, group_shards,
-                              shard_groups)
+from evsim.checkpoint import Checkpoint, CheckpointRunner, content_hash, default_shard_size, group_shards
 from evsim.data_io import load_data, open_data
 from evsim.distributed import DaskRunner, _reads_itself, open_client, require_dask
 from evsim.engine import Simulator, as_network
