@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     _WorkerPluginBase = object
 
 __all__ = ["DaskRunner", "EvsimWorkerPlugin", "open_client", "group_shards", "shard_groups", "default_shard_size",
-           "check_shard_size", "dashboard_link",
+           "check_shard_size", "dashboard_link", "ann_accuracy",
            "require_dask", "INSTALL", "ENV_SCHEDULER"]
 
 INSTALL = 'pip install "evsim[dask]"'
@@ -298,6 +298,51 @@ class DaskRunner:
                     client.cancel(pending)
             with contextlib.suppress(Exception):
                 client.unregister_worker_plugin(name)
+
+
+def _ann_correct(graph, source, start: int, stop: int) -> int:
+    """Task: correct ANN predictions on samples [start, stop), read on the worker."""
+    import numpy as np
+
+    from .ann import predict
+
+    x, y = source.read(start, stop)
+    return int(np.sum(predict(graph, x) == y))
+
+
+def ann_accuracy(client, graph, source, shard_size: int | None = None, batch_size: int = 64,
+                 retries: int = 2) -> float:
+    """The ANN's accuracy on a labelled data source, computed by the workers on their own slices.
+
+    The graph goes once to every worker; each task reads its samples from the data file
+    (in-memory arrays are shipped slice by slice) and returns an exact count of correct
+    predictions.
+
+    Raises
+    ------
+    DataError
+        The source has no labels.
+    """
+    from .errors import DataError
+    from .runners import ArraySource
+
+    if not source.has_labels:
+        raise DataError(describe("ANN accuracy", "a data source with labels y", "none"))
+    shard_size = check_shard_size(shard_size) or default_shard_size(source.n, batch_size)
+    graph_future = client.scatter(graph, broadcast=True, hash=False)
+    itself = _reads_itself(source)
+    futures = []
+    try:
+        for lo in range(0, source.n, shard_size):
+            hi = min(lo + shard_size, source.n)
+            task_source = source if itself else client.scatter(ArraySource(*source.read(lo, hi)), hash=False)
+            a, b = (lo, hi) if itself else (0, hi - lo)
+            futures.append(client.submit(_ann_correct, graph_future, task_source, a, b, retries=retries,
+                                         pure=False, key=f"evsim-ann-{lo}-{hi}-{uuid.uuid4().hex[:8]}"))
+        return sum(_result(f) for f in futures) / source.n
+    finally:
+        with contextlib.suppress(Exception):
+            client.cancel([f for f in futures if not f.done()] + [graph_future])
 
 
 def _result(future) -> list:

@@ -22,7 +22,7 @@ import pytest
 import evsim
 from evsim.checkpoint import Checkpoint, CheckpointRunner, content_hash, default_shard_size, group_shards
 from evsim.data_io import load_data, open_data
-from evsim.distributed import DaskRunner, _reads_itself, open_client, require_dask
+from evsim.distributed import DaskRunner, _reads_itself, ann_accuracy, open_client, require_dask
 from evsim.engine import Simulator, as_network
 from evsim.errors import CheckpointError, ClusterError, DataError, MissingDependencyError
 from evsim.runners import ArraySource
@@ -103,6 +103,15 @@ def test_local_cluster_equals_the_serial_run(client, data, serial, kind, shard_s
     assert _reads_itself(src) == (kind != "memory")
     if kind != "memory":
         assert len(pickle.dumps(src)) < 10_000
+
+
+def test_the_ann_accuracy_is_computed_by_the_workers(client, data):
+    graph = evsim.load(MODEL)
+    expected = float((evsim.ann.predict(graph, data["x"][:SAMPLES]) == data["y"][:SAMPLES]).mean())
+    for kind in ("npz", "memory"):
+        assert ann_accuracy(client, graph, source(data, kind), shard_size=24) == expected
+    with pytest.raises(DataError, match="labels"):
+        ann_accuracy(client, graph, ArraySource(data["x"][:8]))
 
 
 def test_shards_are_whole_batches_and_the_grouping_is_stable():
