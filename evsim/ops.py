@@ -344,7 +344,7 @@ def _parse_neuron(node: Node, where: str) -> None:
             raise ManifestError(describe(f"{where}, attribute 'reset'", "one of " + ", ".join(map(repr, model.resets)),
                                          _clip(repr(reset))))
         parsed["reset"] = reset or model.resets[0]
-    elif reset is not None:
+    elif reset is not None and reset != "subtract":  # files before 0.2 wrote "subtract" for every model
         raise ManifestError(describe(f"{where}, attribute 'reset'", f"no reset for neuron model '{model.name}'",
                                      _clip(repr(reset)), "remove it: this model has no reset option"))
     scalars = {k: v for k, v in attrs.items() if k in model.params}

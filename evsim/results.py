@@ -280,6 +280,7 @@ class Results:
             "samples": self.samples,
             "T": self.T,
             "accuracy": self.accuracy,
+            "accuracy_unit": "fraction",  # accuracy and ann_accuracy lie in [0, 1]
             "ann_accuracy": self.ann_accuracy,
             "layers": [asdict(layer) for layer in self.layers],
             "totals": totals,

@@ -358,7 +358,7 @@ def test_bad_options_raise_calibration_error(data, kwargs, match):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"neuron": "lif"}, "signed_if"),
+    ({"neuron": "bursting"}, "signed_if"),
     ({"reset": "zero", "neuron": "gn"}, "reset"),
     ({"tau": 4, "neuron": "if"}, "tau"),
 ])
