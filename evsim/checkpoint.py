@@ -281,8 +281,9 @@ def fingerprint(network, plan, source, shards) -> dict:
     """
     from . import __version__
 
+    top = ("T", "batch_size", "precision", "samples")  # fingerprinted once, from the plan itself
     settings = {key: value for key, value in (getattr(plan, "settings", None) or {}).items()
-                if key not in _NOT_FINGERPRINTED}
+                if key not in _NOT_FINGERPRINTED and key not in top}
     shards = [[int(a), int(b)] for a, b in shards]
     return {
         "model": {"sha256": content_hash(_without_path(network)), "evsim": __version__},

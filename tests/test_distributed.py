@@ -105,6 +105,16 @@ def test_local_cluster_equals_the_serial_run(client, data, serial, kind, shard_s
         assert len(pickle.dumps(src)) < 10_000
 
 
+@pytest.mark.parametrize("options, precision", [(evsim.ConversionOptions("gn", tau=3), "float32"),
+                                                 (evsim.ConversionOptions("signed_if"), "float64")])
+def test_other_neuron_models_and_precisions_are_exact_too(client, data, options, precision):
+    x, y = data["x"][:SAMPLES], data["y"][:SAMPLES]
+    kw = {"T": T, "batch_size": BATCH, "options": options, "precision": precision}
+    reference = evsim.simulate(MODEL, x, y, **kw)  # first: compiles, and the workers load from the Numba cache
+    assert_same_run(evsim.simulate(MODEL, source(data, "npz"), runner=DaskRunner(client, shard_size=24), **kw),
+                    reference)
+
+
 def test_the_ann_accuracy_is_computed_by_the_workers(client, data):
     graph = evsim.load(MODEL)
     expected = float((evsim.ann.predict(graph, data["x"][:SAMPLES]) == data["y"][:SAMPLES]).mean())
@@ -321,3 +331,85 @@ def test_an_external_scheduler_and_workers_on_loopback(external_cluster, data, s
     with open_client(environ={"EVSIM_SCHEDULER": address}) as client:
         runner = DaskRunner(client)
         assert_same_run(evsim.simulate(MODEL, source(data, "h5"), T=T, batch_size=BATCH, runner=runner), serial)
+
+
+# --------------------------------------------------------------------------- the command line
+def evsim_command(*args) -> list[str]:
+    return [sys.executable, "-m", "evsim.cli.main", *map(str, args)]
+
+
+def kill_group(proc):
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=15)
+
+
+@pytest.mark.slow
+def test_a_client_killed_with_sigkill_resumes_from_its_checkpoint(data, tmp_path):
+    samples, steps = 256, 8
+    ckpt, killed_report, report_path = tmp_path / "ckpt", tmp_path / "killed.json", tmp_path / "resumed.json"
+    run = ["run", MODEL, "--data", data["h5"], "--samples", samples, "-T", steps, "--batch-size", BATCH,
+           "--shard-size", BATCH, "--no-ann", "--checkpoint", ckpt]
+    proc = subprocess.Popen(evsim_command(*run, "--workers", 1, "--report", killed_report), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(ckpt.glob("shard-*.npz"))) < 2:
+            assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "no shard finished in 180 s"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)  # the client only: its local cluster's workers exit with it
+        proc.wait(timeout=30)
+    finally:
+        kill_group(proc)
+    done = sorted(ckpt.glob("shard-*.npz"))
+    assert not killed_report.exists()
+    assert 2 <= len(done) < samples // BATCH, "the run finished before the kill"
+    for path in done:  # only whole shards: every file is complete
+        with np.load(path, allow_pickle=False) as z:
+            assert "header" in z.files
+    # the same command (here on 2 workers) reuses what was finished and runs the rest
+    resumed = subprocess.run(evsim_command(*run, "--workers", 2, "--report", report_path), cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert resumed.returncode == 0, resumed.stderr
+    r = json.loads(report_path.read_text())
+    assert r["settings"]["shards"] == {"total": samples // BATCH, "reused": len(done)}
+    serial = evsim.simulate(MODEL, data["x"][:samples], data["y"][:samples], T=steps, batch_size=BATCH)
+    assert report({**r, "settings": {k: v for k, v in r["settings"].items() if k != "data"}}) == report(serial)
+
+
+@pytest.mark.slow
+def test_the_command_line_on_an_external_scheduler_and_locally(external_cluster, data, serial, tmp_path):
+    from click.testing import CliRunner
+
+    from evsim.cli.main import main
+
+    address, _ = external_cluster
+    reports = {}
+    for name, flags in {"serial": [], "scheduler": ["--scheduler", address], "workers": ["--workers", 2]}.items():
+        path = tmp_path / f"{name}.json"
+        result = CliRunner().invoke(main, ["run", MODEL, "--data", str(data["npz"]), "--samples", SAMPLES, "-T", T,
+                                           "--batch-size", BATCH, "--report", str(path), *map(str, flags)])
+        assert result.exit_code == 0, result.output
+        reports[name] = json.loads(path.read_text())
+    for name in ("scheduler", "workers"):
+        assert reports[name]["settings"]["shards"]["reused"] == 0
+        assert report(reports[name]) == report(reports["serial"])
+    assert reports["serial"]["ann_accuracy"] == reports["scheduler"]["ann_accuracy"] is not None
+    assert report({**reports["serial"], "settings": {k: v for k, v in reports["serial"]["settings"].items()
+                                                     if k != "data"}, "ann_accuracy": None}) == report(serial)
+
+
+def test_evsim_run_works_without_dask_and_a_cluster_flag_says_how_to_install_it(data, tmp_path):
+    block = "import sys; sys.modules['distributed'] = sys.modules['dask'] = None; from evsim.cli.main import main; main()"
+    args = ["run", MODEL, "--data", data["npz"], "--samples", 16, "-T", 2, "--no-ann"]
+    plain = subprocess.run([sys.executable, "-c", block, *map(str, args)], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert "accuracy over 16 samples" in plain.stdout
+    for flag in (["--workers", "2"], ["--scheduler", "tcp://127.0.0.1:1"]):
+        refused = subprocess.run([sys.executable, "-c", block, *map(str, args), *flag], capture_output=True,
+                                 text=True, timeout=300, cwd=tmp_path)
+        assert refused.returncode == 1
+        assert 'pip install "evsim[dask]"' in refused.stderr and flag[0] in refused.stderr
