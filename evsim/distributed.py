@@ -480,12 +480,12 @@ def open_client(workers: int | None = None, scheduler: str | None = None, schedu
 
 @contextlib.contextmanager
 def _quiet():
-    """Dask's INFO lines about closing a local cluster are not for the user of a command."""
+    """Dask's lines about closing a cluster (and work it drops on an interrupt) are not for the user of a command."""
     import logging
 
     logger = logging.getLogger("distributed")
     level = logger.level
-    logger.setLevel(max(level, logging.ERROR))
+    logger.setLevel(logging.CRITICAL + 1)
     try:
         yield
     finally:
