@@ -564,9 +564,13 @@ CONVERT_RULES = [
 
 #: checked once the model file is read
 CONVERT_MODEL_RULES = [
-    Rule(lambda f: f["kind"] != "ann",
+    Rule(lambda f: f["kind"] != "ann" and not f["to_nir"],
          lambda f: f"{escape(f['model'])} is already an SNN file (kind {f['kind']}): nothing to convert; run it "
-                   "with evsim run"),
+                   "with evsim run (or write it as NIR with -o FILE.nir)"),
+    Rule(lambda f: f["kind"] != "ann" and f["to_nir"] and f["given"] - {"model", "output", "verbose", "quiet",
+                                                                        "as_json"},
+         lambda f: f"{', '.join('--' + n.replace('_', '-') for n in sorted(f['given'] - {'model', 'output', 'verbose', 'quiet', 'as_json'}))} "
+                   f"do(es) not apply to {escape(f['model'])}: an SNN file is written to NIR as it is"),
     Rule(lambda f: f["keep_lambda"] and not f["qcfs"],
          lambda f: f"--keep-lambda does not apply to {escape(f['model'])}: it has no qcfs activation (no trained λ)"),
     Rule(lambda f: f["keep_lambda"] and not f["relu"],
@@ -652,7 +656,8 @@ def _theta_text_summary(t: dict) -> str:
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=str, metavar="PATH", help="SNN file to write (.h5 or .npz).")
+@click.option("-o", "--output", required=True, type=str, metavar="PATH",
+              help="SNN file to write (.h5 or .npz), or a NIR graph (.nir, see docs/nir.md).")
 @neuron_options
 @click.option("--threshold", default=None,
               help="Thresholds from data: max, or a percentile such as p99.9 or p99.99 "
@@ -683,14 +688,15 @@ def convert(ctx, **p):
     check_rules(CONVERT_RULES, facts)
     if p["threshold"] is not None:
         _threshold_ok(p["threshold"])
-    if Path(p["output"]).suffix.lower() not in MODEL_SUFFIXES:
+    to_nir = Path(p["output"]).suffix.lower() == ".nir"
+    if Path(p["output"]).suffix.lower() not in MODEL_SUFFIXES and not to_nir:
         raise click.BadParameter(f"{escape(p['output'])}: an SNN file name ends in .h5 or .npz (the container "
-                                 "follows the extension)", param_hint="'--output'")
+                                 "follows the extension), or .nir for a NIR graph", param_hint="'--output'")
     output = preflight_output(p["output"], "--output", inputs=(p["model"], p["calib_data"]))
     graph = evsim.load(p["model"])
     ops = [n.op for n in graph.nodes]
     check_rules(CONVERT_MODEL_RULES, {**facts, "kind": graph.kind, "qcfs": ops.count("qcfs"),
-                                      "relu": ops.count("relu")})
+                                      "relu": ops.count("relu"), "to_nir": to_nir})
     v0 = p["v0"]
     if v0 is not None:  # --v0 alone is --potential for convert
         p["potential"] = v0
@@ -707,10 +713,16 @@ def convert(ctx, **p):
             console.detail(what)
             interrupt.checkpoint()
 
-        snn = _calibrate(graph, x, request, p, progress)
+        # an SNN file to NIR is written as it is (its neuron options are fixed)
+        snn = graph if to_nir and graph.kind == "snn" else _calibrate(graph, x, request, p, progress)
     interrupt.checkpoint()
     with console.task(f"writing {output}"):
-        evsim.save(snn, output)
+        if to_nir:  # NIR export (docs/nir.md), needs the [nir] extra
+            from evsim.converters.nir_io import write_nir
+
+            write_nir(snn, output)
+        else:
+            evsim.save(snn, output)
     record = convert_record(snn, output)
     if p["as_json"]:
         console.out(dumps(record))

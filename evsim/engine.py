@@ -145,6 +145,10 @@ class Simulator:
             self.input_scatters.setdefault(proj.target, []).append(call)
             self.weights["input", i] = arrays
         self.input_size = int(np.prod(network.graph.input.shape))
+        # event-frame inputs: the input is a spike source whose SOPs use its structural fan-out
+        self.input_fanout = np.zeros(self.input_size, np.int64)
+        for proj in network.input_projections:
+            self.input_fanout += proj.fanout
         names = [p.name for p in network.populations] + [g.name for g in network.gates]
         self.fanout = {name: network.fanout(name) for name in names}
         self.sizes = {p.name: p.size for p in network.populations}
@@ -216,8 +220,10 @@ class Simulator:
 
         Parameters
         ----------
-        x : ndarray (B, *input.shape)
-            Raw inputs (validated by the caller, e.g. :func:`simulate`).
+        x : ndarray (B, *input.shape), or (B, T_data, *input.shape) event frames
+            Raw inputs (validated by the caller, e.g. :func:`simulate`).  Event frames are spike
+            input: frame t is the input of step t (integer counts), steps past T_data get none;
+            the input is then a spike source (its events and SOPs are the layer ``"input"``).
         T : int
         y : ndarray (B,) of int, optional
             Labels: the result then counts correct predictions per step.
@@ -256,12 +262,28 @@ class Simulator:
         idx[:] = np.arange(self.input_size, dtype=np.int32)
         return idx, values, np.full(n_batch, self.input_size, np.int64)
 
+    def _frame_events(self, x: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Event frames ``(B, T_data, *input.shape)`` as input events of every step ``(B, T, N_in)``:
+        the non-zero counts of frame t in increasing neuron order, none past T_data."""
+        n_batch, t_data = x.shape[:2]
+        steps = min(T, t_data)
+        frames = np.zeros((n_batch, T, self.input_size), np.int64)
+        frames[:, :steps] = to_engine_layout(x[:, :steps].reshape((n_batch * steps,) + x.shape[2:])).reshape(
+            n_batch, steps, self.input_size)
+        extreme = int(np.abs(frames).max(initial=0))
+        dtype = next(d for d in (np.int8, np.int16, np.int32) if extreme <= np.iinfo(d).max)  # counts may exceed 1
+        nonzero = frames != 0
+        order = np.argsort(~nonzero, axis=2, kind="stable")  # non-zero neurons first, in increasing order
+        idx = np.ascontiguousarray(order, dtype=np.int32)
+        cnt = np.ascontiguousarray(np.take_along_axis(frames, order, axis=2), dtype=dtype)
+        return idx, cnt, nonzero.sum(axis=2, dtype=np.int64)
+
     def _base(self, stage: _Stage, forward: dict, inputs: tuple) -> np.ndarray:
         """Constant current of a target: ``(1, N)`` (bias only) or ``(B, N)`` (with the input)."""
         if stage.name in forward:
             return forward[stage.name]
         static = self.static_current[stage.name]
-        if stage.name not in self.input_scatters:
+        if stage.name not in self.input_scatters or inputs[0].ndim == 3:  # event input: scattered per step
             return static
         base = self.buffers.get("base", (len(inputs[0]), stage.size), self.dtype)
         base[:] = static
@@ -278,10 +300,14 @@ class Simulator:
         K.fill_rows(current, base)
         t0 = self._timed(stage.name, "fill", t0)
         flat = current.reshape(n_batch * T, stage.size)
+        items = n_batch * T
+        if inputs[0].ndim == 3:  # event frames: the input's events of every step, like any source's
+            for scatter in self.input_scatters.get(stage.name, []):
+                scatter(inputs[0].reshape(items, -1), inputs[1].reshape(items, -1), inputs[2].reshape(items), flat)
+            t0 = self._timed(stage.name, "scatter input events", t0)
         for i in stage.incoming:
             source = self.network.projections[i].source
             ev_idx, ev_cnt, nev = events[source]
-            items = n_batch * T
             self.scatters[i](ev_idx.reshape(items, -1), ev_cnt.reshape(items, -1), nev.reshape(items), flat)
             t0 = self._timed(stage.name, "scatter " + self.network.projections[i].kind, t0)
         return current
@@ -289,14 +315,27 @@ class Simulator:
     def _run_batch(self, x, T, record):
         net, b = self.network, len(x)
         t0 = time.perf_counter()
-        forward = {name: np.ascontiguousarray(value, dtype=self.dtype)
-                   for name, value in net.constant_currents(x).items()}
-        inputs = self._input_events(x)
+        stats = {}
+        if x.ndim == len(net.graph.input.shape) + 2:  # event frames: a spike input
+            if net.forward_inputs:
+                raise ConversionError(describe(
+                    net.graph.source, "input paths composed into projections (event-frame input)",
+                    f"targets {', '.join(net.forward_inputs)} left to the NumPy executor (over the memory limit)",
+                    "raise EVSIM_MEMORY_LIMIT"))
+            forward = {}
+            inputs = self._frame_events(x, T)
+            input_stats = np.zeros((b * T, 3), np.int64)
+            K.event_stats(inputs[0].reshape(b * T, -1), inputs[1].reshape(b * T, -1), inputs[2].reshape(b * T),
+                          self.input_fanout, input_stats)
+            stats["input"] = input_stats.reshape(b, T, 3).sum(axis=0)
+        else:
+            forward = {name: np.ascontiguousarray(value, dtype=self.dtype)
+                       for name, value in net.constant_currents(x).items()}
+            inputs = self._input_events(x)
         self._timed("input", "preprocess", t0)
         pops = {p.name: p for p in net.populations}
         gates = {g.name: g for g in net.gates}
         events: dict[str, tuple] = {}
-        stats = {}
         counts = {}
         logits_steps = None
         for stage in self.stages:
@@ -439,8 +478,12 @@ def _gib(n: int) -> str:
 
 
 def plan_run(network: Network, n_samples: int, T: int = 32, batch_size: int = 64, precision: str = "float32",
-             energy: EnergyModel | None = None, labels: bool = True) -> RunPlan:
-    """Check the run settings and describe the run (what every batch and the report need)."""
+             energy: EnergyModel | None = None, labels: bool = True, frames: int | None = None) -> RunPlan:
+    """Check the run settings and describe the run (what every batch and the report need).
+
+    ``frames`` (T_data) marks event-frame input: the input is then a spike source, reported as
+    the layer ``"input"`` (its SOPs replace the first layer's MACs).
+    """
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise DataError(describe("simulate", "T an integer >= 1", repr(T)))
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -452,11 +495,33 @@ def plan_run(network: Network, n_samples: int, T: int = 32, batch_size: int = 64
     settings = {"model": graph.source, "T": int(T), "batch_size": int(batch_size), "precision": precision,
                 "samples": int(n_samples), "neuron": sorted({p.model for p in network.populations}),
                 "conversion": graph.metadata.get("conversion", {}), "calibration": graph.metadata.get("calibration")}
-    return RunPlan(int(T), int(batch_size), precision, int(n_samples), [(p.name, p.size) for p in network.populations],
-                   network.input_macs, network.ann_macs, energy or EnergyModel(), settings)
+    layers = [(p.name, p.size) for p in network.populations]
+    first_layer_macs = network.input_macs
+    if frames is not None:  # spike input: the first layer does SOPs on its events, no MACs
+        layers = [("input", int(np.prod(graph.input.shape)))] + layers
+        first_layer_macs = 0
+        settings["input"] = {"kind": "event frames", "frames": int(frames)}
+    return RunPlan(int(T), int(batch_size), precision, int(n_samples), layers,
+                   first_layer_macs, network.ann_macs, energy or EnergyModel(), settings)
 
 
-def simulate(model, x, y=None, T: int = 32, batch_size: int = 64, precision: str = "float32",
+def _check_frames(x, y, input_shape, n_classes, source: str = "simulate"):
+    """Event frames ``(N, T_data, *input.shape)``: finite integer counts; labels as for static inputs."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise DataError(describe(f"{source}, 'x'", "numeric event counts", f"dtype {x.dtype}"))
+    if x.shape[1] < 1:
+        raise DataError(describe(f"{source}, 'x'", "at least one frame per sample", f"shape {x.shape}"))
+    _, y = check_data(x[:, 0], y, input_shape, n_classes, source=source)
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x) & (x == np.round(x))):
+        raise DataError(describe(f"{source}, 'x'", "event frames of integer counts", "non-integer values",
+                                 "frames count the events of each pixel and bin"))
+    if np.abs(x).max(initial=0) > np.iinfo(np.int32).max:
+        raise DataError(describe(f"{source}, 'x'", "event counts below 2**31", f"{np.abs(x).max()}"))
+    return x, y
+
+
+def simulate(model, x, y=None, T: int | None = None, batch_size: int = 64, precision: str = "float32",
              options: ConversionOptions | None = None, energy: EnergyModel | None = None,
              progress: Callable[[int], None] | None = None, runner=None) -> Results:
     """Simulate a converted SNN on a data set, event by event.
@@ -472,10 +537,12 @@ def simulate(model, x, y=None, T: int = 32, batch_size: int = 64, precision: str
     x : ndarray (N, *input.shape), or a data source
         Raw inputs (the model's input preprocessing is applied), or an object with ``n``,
         ``has_labels`` and ``read(start, stop)`` such as ``evsim.data_io.open_data(...)``.
+        ``(N, T_data, *input.shape)`` (or a source with ``frames``) is event-frame input: frame t
+        is the input of step t (integer counts, no preprocessing), steps past T_data get none.
     y : ndarray of int, (N,), optional
         Labels (with an array ``x``); accuracy per time-step is reported when given.
-    T : int
-        Time-steps.
+    T : int, optional
+        Time-steps (default: T_data for event frames, else 32).
     batch_size : int
         Samples simulated together (kernels run in parallel over them).
     precision : {"float32", "float64"}
@@ -503,9 +570,20 @@ def simulate(model, x, y=None, T: int = 32, batch_size: int = 64, precision: str
             raise DataError(describe("simulate", "labels inside the data source", "a separate y",
                                      "pass y only with an array x"))
         source = x
+        frames = getattr(x, "frames", None)
+    elif np.ndim(x) == len(network.graph.input.shape) + 2:  # event frames
+        source = ArraySource(*_check_frames(x, y, network.graph.input.shape, n_classes))
+        frames = np.shape(x)[1]
     else:
         source = ArraySource(*check_data(x, y, network.graph.input.shape, n_classes, source="simulate"))
-    plan = plan_run(network, source.n, T, batch_size, precision, energy)
+        frames = None
+    if frames is not None and (network.graph.input.scale is not None or network.graph.input.mean is not None
+                               or network.graph.input.std is not None):
+        raise DataError(describe(f"{network.graph.source}, input", "no input preprocessing with event frames "
+                                 "(frames are spike counts, fed as they are)", "scale/mean/std",
+                                 "use a model without preprocessing, or static inputs"))
+    T = (frames or 32) if T is None else T
+    plan = plan_run(network, source.n, T, batch_size, precision, energy, frames=frames)
     runner = runner or SerialRunner()
     t1 = time.perf_counter()
 
