@@ -145,7 +145,8 @@ def main(argv=None):
               f"{'[%.1f, %.1f]' % (row['min'], row['max']):>16} {row['vs_single_process']:>12.2f}")
     print(f"\nDask cost on top of the same work (1 worker vs 1 process): {per_run:.2f} s per run, "
           f"{1000 * per_shard:.0f} ms per shard; single process {1000 * out['overhead']['serial_per_sample_s']:.2f} "
-          f"ms per sample; load average {out['machine']['load_before'][0]:.1f} -> {out['machine']['load_after'][0]:.1f}")
+          f"ms per sample; load average {out['machine']['load_before'][0]:.1f} -> "
+          f"{out['machine']['load_after'][0]:.1f}")
     print("every distributed report was identical to the single-process report")
     if args.json:
         with open(args.json, "w") as f:

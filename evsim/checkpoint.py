@@ -64,8 +64,8 @@ _TARGET_SHARDS = 64
 _MAX_BATCHES_PER_SHARD = 16
 #: plan settings that never change a shard's content (how the run is executed, the report's energy), and
 #: the model and data paths (their content is fingerprinted: moving a file does not make a different run)
-_NOT_FINGERPRINTED = frozenset({"model", "data", "energy", "workers", "scheduler", "scheduler_file", "shards", "checkpoint",
-                                "runner", "dashboard", "timing", "report", "progress"})
+_NOT_FINGERPRINTED = frozenset({"model", "data", "energy", "workers", "scheduler", "scheduler_file", "shards",
+                                "checkpoint", "runner", "dashboard", "timing", "report", "progress"})
 
 
 # --------------------------------------------------------------------------- shards

@@ -1,8 +1,9 @@
 """Dataset-parallel runs on Dask: a local cluster, or any existing cluster by address.
 
 A run's shards (its batches) are gathered into tasks of about ``shard_size`` samples
-(:func:`~evsim.checkpoint.group_shards`, whole batches only); a task carries only its sample ranges.  The compiled network is pickled once and
-handed to every worker by a worker plugin (:class:`EvsimWorkerPlugin`), which also builds
+(:func:`~evsim.checkpoint.group_shards`, whole batches only); a task carries only its
+sample ranges.  The compiled network is pickled once and handed to every worker by a
+worker plugin (:class:`EvsimWorkerPlugin`), which also builds
 the simulator and warms up the Numba kernels once per worker (loaded from the Numba cache
 when ``NUMBA_CACHE_DIR`` points to a shared directory).  A worker reads its own slice
 from the data file (h5py slice / npz member) — the data set never travels through the
@@ -125,7 +126,10 @@ class _WorkerState:
         shape = tuple(self.network.graph.input.shape)
         with self.lock:
             self._threads()
-            self.simulator.run_batch(np.zeros((1,) + shape), 1)
+            try:
+                self.simulator.run_batch(np.zeros((1,) + shape), 1)
+            except Exception:  # noqa: BLE001 - only a warm-up: the first task meets (and reports) the same error
+                pass
         self.warm_up_s = time.perf_counter() - t0
 
     def _threads(self) -> None:

@@ -402,7 +402,8 @@ def test_the_command_line_on_an_external_scheduler_and_locally(external_cluster,
 
 
 def test_evsim_run_works_without_dask_and_a_cluster_flag_says_how_to_install_it(data, tmp_path):
-    block = "import sys; sys.modules['distributed'] = sys.modules['dask'] = None; from evsim.cli.main import main; main()"
+    block = ("import sys; sys.modules['distributed'] = sys.modules['dask'] = None; "
+             "from evsim.cli.main import main; main()")
     args = ["run", MODEL, "--data", data["npz"], "--samples", 16, "-T", 2, "--no-ann"]
     plain = subprocess.run([sys.executable, "-c", block, *map(str, args)], capture_output=True, text=True,
                            timeout=300, cwd=tmp_path)
