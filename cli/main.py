@@ -234,17 +234,21 @@ def report_steps(T: int) -> list[int]:
     return steps + [T]
 
 
-def energy_model(preset, e_mac, e_ac):
+def energy_model(presets, e_mac, e_ac, files=()):
+    """Energy models of ``--energy`` (names or ``all``, repeatable) and ``--energy-model FILE``;
+    ``--e-mac`` / ``--e-ac`` override the first one."""
     from dataclasses import replace
 
-    from evsim.results import EnergyModel
+    from evsim.energy import load_energy_model, resolve_models
 
-    model = EnergyModel.preset(preset)
+    loaded = [load_energy_model(f) for f in files]
+    models = resolve_models(list(presets) + loaded) if presets or not loaded else loaded
     if e_mac is not None or e_ac is not None:
-        model = replace(model, e_mac_pj=model.e_mac_pj if e_mac is None else e_mac,
-                        e_ac_pj=model.e_ac_pj if e_ac is None else e_ac, name=f"{model.name} (custom)",
-                        source=f"{model.source}; overridden on the command line")
-    return model
+        first = models[0]
+        models[0] = replace(first, mac_pj=first.mac_pj if e_mac is None else e_mac,
+                            synop_pj=first.synop_pj if e_ac is None else e_ac, name=f"{first.name}-custom",
+                            source=f"{first.source}; overridden on the command line")
+    return models
 
 
 def jit_split(timing: dict) -> str:
@@ -273,9 +277,11 @@ def print_results(results, verbose=False):
     out("")
     out(f"per sample over T={r.T}: {r.sops:,.0f} SOPs, {r.spikes:,.0f} spikes, "
         f"{r.macs:,} first-layer MACs ({r.first_layer_macs:,} per step)")
-    ratio = r.energy_snn_pj / r.energy_ann_pj if r.energy_ann_pj else float("nan")
-    out(f"energy per sample ({r.energy.name}: E_MAC {r.energy.e_mac_pj} pJ, E_AC {r.energy.e_ac_pj} pJ): "
-        f"SNN {r.energy_snn_pj / 1e6:.3f} uJ, ANN {r.energy_ann_pj / 1e6:.3f} uJ ({ratio:.2f}x)")
+    from evsim.energy import summary_lines
+
+    out("energy per sample (estimates: exact counts x per-operation energies; docs/usage.md#energy):")
+    for line in summary_lines(r.energy_pj):
+        out("  " + line)
     if verbose:
         t = r.timing
         out(f"time: model compile {t['compile_s']:.2f} s, simulate {t['simulate_s']:.2f} s: {jit_split(t)}")
@@ -401,7 +407,7 @@ def build_run_request(ctx: click.Context, p: dict) -> RunRequest:
         neuron = neuron_request(p["neuron"], p["neuron_params"], p["tau"], p["v0"], p["reset"])
     return RunRequest(model=p["model"], graph=graph, data=p["data"], T=p["T"], batch_size=p["batch_size"],
                       samples=p["samples"], precision=p["precision"], neuron=neuron,
-                      energy=energy_model(p["energy_preset"], p["e_mac"], p["e_ac"]),
+                      energy=energy_model(p["energy_preset"], p["e_mac"], p["e_ac"], p["energy_files"]),
                       with_ann=not p["no_ann"] and graph.kind == "ann", report=report,
                       json_stdout=p["as_json"] or p["report"] == STDOUT, extra=extra)
 

@@ -93,8 +93,11 @@ def sim_options(func):
 def energy_options(func):
     """``--energy``, ``--e-mac``, ``--e-ac`` (run)."""
     decorators = [
-        click.option("--energy", "energy_preset", type=click.Choice(ENERGY_PRESETS), default="45nm-fp32",
-                     show_default=True, help="Energy constants (Horowitz 2014)."),
+        click.option("--energy", "energy_preset", multiple=True, metavar="NAME",
+                     help="Energy model (repeatable; 'all' for every one), e.g. 45nm-fp32 (default), loihi, "
+                          "45nm-fp32-sram8k, keras-spiking-gpu; list in docs/usage.md#energy."),
+        click.option("--energy-model", "energy_files", multiple=True, type=click.Path(dir_okay=False),
+                     metavar="FILE", help="Add an energy model from a JSON or TOML file (repeatable)."),
         click.option("--e-mac", type=StrictFloat(0.0), default=None, metavar="PJ",
                      help="Override E_MAC in pJ (finite, >= 0)."),
         click.option("--e-ac", type=StrictFloat(0.0), default=None, metavar="PJ",

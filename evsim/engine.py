@@ -37,11 +37,12 @@ from ._kernels import tuning
 from .compile import Network, compile_network, to_engine_layout
 from .convert import ConversionOptions, convert
 from .data_io import check_data
+from .energy import EnergyModel, network_costs, resolve_models
 from .errors import ConversionError, DataError, ResourceLimitError, describe
 from .format import load
 from .graph import Graph, memory_limit
 from .neurons import NEGATIVE_THRESHOLD, get_model
-from .results import COUNTERS, BatchResult, EnergyModel, Results, RunPlan
+from .results import COUNTERS, BatchResult, Results, RunPlan
 
 __all__ = ["simulate", "Simulator", "PRECISIONS", "as_network", "plan_run", "check_run_memory"]
 
@@ -478,12 +479,15 @@ def _gib(n: int) -> str:
 
 
 def plan_run(network: Network, n_samples: int, T: int = 32, batch_size: int = 64, precision: str = "float32",
-             energy: EnergyModel | None = None, labels: bool = True, frames: int | None = None) -> RunPlan:
+             energy=None, labels: bool = True, frames: int | None = None) -> RunPlan:
     """Check the run settings and describe the run (what every batch and the report need).
 
-    ``frames`` (T_data) marks event-frame input: the input is then a spike source, reported as
-    the layer ``"input"`` (its SOPs replace the first layer's MACs).
+    ``energy``: an :class:`~evsim.energy.EnergyModel`, a registered name, ``"all"``, or a list
+    of those (the first is the report's default; None: 45 nm fp32).  ``frames`` (T_data) marks
+    event-frame input: the input is then a spike source, reported as the layer ``"input"`` (its
+    SOPs replace the first layer's MACs).
     """
+    energy_models = resolve_models(energy)
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise DataError(describe("simulate", "T an integer >= 1", repr(T)))
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -501,8 +505,8 @@ def plan_run(network: Network, n_samples: int, T: int = 32, batch_size: int = 64
         layers = [("input", int(np.prod(graph.input.shape)))] + layers
         first_layer_macs = 0
         settings["input"] = {"kind": "event frames", "frames": int(frames)}
-    return RunPlan(int(T), int(batch_size), precision, int(n_samples), layers,
-                   first_layer_macs, network.ann_macs, energy or EnergyModel(), settings)
+    return RunPlan(int(T), int(batch_size), precision, int(n_samples), layers, first_layer_macs, network.ann_macs,
+                   energy_models[0], settings, tuple(energy_models), network_costs(network))
 
 
 def _check_frames(x, y, input_shape, n_classes, source: str = "simulate"):
@@ -522,7 +526,7 @@ def _check_frames(x, y, input_shape, n_classes, source: str = "simulate"):
 
 
 def simulate(model, x, y=None, T: int | None = None, batch_size: int = 64, precision: str = "float32",
-             options: ConversionOptions | None = None, energy: EnergyModel | None = None,
+             options: ConversionOptions | None = None, energy: EnergyModel | str | list | None = None,
              progress: Callable[[int], None] | None = None, runner=None) -> Results:
     """Simulate a converted SNN on a data set, event by event.
 
@@ -548,8 +552,9 @@ def simulate(model, x, y=None, T: int | None = None, batch_size: int = 64, preci
     precision : {"float32", "float64"}
     options : ConversionOptions, optional
         Neuron model and its options, for an ANN model.
-    energy : EnergyModel, optional
-        Energy constants (default 45 nm fp32).
+    energy : EnergyModel, str or list, optional
+        Energy model(s) to report: models, registered names (:mod:`evsim.energy`) or ``"all"``;
+        the first gives ``energy_snn_pj`` / ``energy_ann_pj`` (default ``"45nm-fp32"``).
     progress : callable, optional
         Called with the number of samples finished after each batch.
     runner : Runner, optional

@@ -8,7 +8,7 @@ from pathlib import Path
 from .errors import DataError, MissingDependencyError, describe
 from .format import atomic_write
 
-__all__ = ["plot_reports", "read_report", "check_figure_path", "FIGURE_FORMATS"]
+__all__ = ["plot_reports", "read_report", "check_figure_path", "FIGURE_FORMATS", "draw_energy_breakdown"]
 
 FIGURE_FORMATS = ("png", "svg", "pdf")
 
@@ -93,8 +93,11 @@ def _draw(plt, reports, output, suffix: str, title: str | None) -> list[str]:
     if without:
         notes.append(f"no accuracy for {', '.join(without)}: the run had no labels; "
                      + ("firing rates and SOPs only" if not with_accuracy else "drawn in the other panels only"))
-    panels = 3 if with_accuracy else 2
+    with_energy = [(r, p) for r, p in reports if "by_model" in r.get("totals", {}).get("energy_pj", {})]
+    panels = (3 if with_accuracy else 2) + bool(with_energy)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
+    axes = list(axes)
+    ax_energy = [axes.pop()] if with_energy else []
     ax_acc, ax_rate, ax_sops = axes if with_accuracy else (None, *axes)
     width = 0.8 / len(reports)
     ann_drawn = set()
@@ -124,6 +127,8 @@ def _draw(plt, reports, output, suffix: str, title: str | None) -> list[str]:
         ax.set(ylabel=ylabel, title=f"{name} per layer")
         ax.grid(alpha=0.3, axis="y")
     ax_sops.legend(fontsize=8)
+    if with_energy:
+        draw_energy_breakdown(ax_energy[0], with_energy)
     if title:
         fig.suptitle(title)
     if notes:
@@ -134,3 +139,42 @@ def _draw(plt, reports, output, suffix: str, title: str | None) -> list[str]:
     finally:
         plt.close(fig)
     return notes
+
+
+#: energy terms in stacking order, and their colours
+_ENERGY_TERMS = {"macs": "tab:gray", "synops": "tab:blue", "neuron_updates": "tab:orange", "spikes": "tab:green",
+                 "events": "tab:olive", "memory_read": "tab:red", "memory_write": "tab:purple"}
+
+
+def draw_energy_breakdown(ax, reports) -> None:
+    """Energy per sample per layer, stacked by term, for each report's first energy model.
+
+    ``reports`` are ``(report, path)`` pairs whose ``totals.energy_pj`` has ``by_model``; the
+    analog input layer is the row ``input``.  Reports side by side, edges in the report's colour.
+    """
+    rows = []
+    for report, _ in reports:
+        for row in report["totals"]["energy_pj"]["by_model"][report["totals"]["energy_pj"]["model"]]["layers"]:
+            if row not in rows:
+                rows.append(row)
+    width = 0.8 / len(reports)
+    drawn = set()
+    models = []
+    for i, (report, path) in enumerate(reports):
+        energy = report["totals"]["energy_pj"]
+        models.append(energy["model"])
+        layers = energy["by_model"][energy["model"]]["layers"]
+        xs = [j + (i - (len(reports) - 1) / 2) * width for j in range(len(rows))]
+        bottom = [0.0] * len(rows)
+        for term, color in _ENERGY_TERMS.items():
+            heights = [layers.get(row, {}).get(term, 0.0) / 1e6 for row in rows]
+            if not any(heights):
+                continue
+            ax.bar(xs, heights, width, bottom=bottom, color=color, edgecolor=f"C{i}", linewidth=0.8,
+                   label=None if term in drawn else term.replace("_", " "))
+            drawn.add(term)
+            bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_xticks(range(len(rows)), rows, rotation=45, ha="right", fontsize=8)
+    ax.set(ylabel="energy per sample (uJ)", title="energy per layer (" + ", ".join(dict.fromkeys(models)) + ")")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)

@@ -612,7 +612,8 @@ def reference_fanout(graph, source):
     return fan
 
 
-# ============================================================================================
+# =====================================================================================
+
 # NIR reference (issue 13)
 # ============================================================================================
 # A float64 simulation of a NIR graph, written from NIR's node definitions and the
@@ -798,3 +799,45 @@ def simulate_reference_frames(graph, frames, T):
         acc += values[graph.output].reshape(b, -1)
         predictions[:, t] = acc.argmax(axis=1)
     return {"predictions": predictions, "counts": counts, "output": acc}
+
+def reference_counts(graph, ref, T):
+    """Operation counts of a dense reference run, straight from the definitions (docs/usage.md, "Energy").
+
+    Returns ``(layers, analog_macs, ann_macs)``: population -> {"spikes", "events", "sops",
+    "neuron_updates"} as (T,) totals over the batch (SOPs through max-pooling gates included;
+    neuron updates = members × neurons × samples at every step, members = τ for GN); the
+    MACs per sample of the conv/linear nodes that depend on the input only (the analog layer,
+    evaluated at every step); and the MACs per sample of every conv/linear node (the ANN).
+    A MAC count is output elements × fan-in, padded taps included (the frameworks' convention).
+    """
+    nodes = {n.name: n for n in graph.nodes}
+    spiking = {n.name for n in graph.nodes if n.op == "neuron"}
+
+    def depends_on_spikes(name):
+        return name in spiking or (name != "input" and any(depends_on_spikes(i) for i in nodes[name].inputs))
+
+    def macs(node):
+        weight = node.arrays["weight"]
+        fan_in = int(np.prod(weight.shape[1:]))
+        return int(np.prod(node.shape)) * fan_in if node.op == "conv2d" else int(weight.size)
+
+    analog = sum(macs(n) for n in graph.nodes if n.op in ("conv2d", "linear") and not depends_on_spikes(n.name))
+    ann = sum(macs(n) for n in graph.nodes if n.op in ("conv2d", "linear"))
+    layers = {}
+    for n in graph.nodes:
+        if n.op != "neuron":
+            continue
+        counts = ref["counts"][n.name]
+        b = counts.shape[1]
+        gates = [g.name for g in graph.nodes if g.op == "maxpool2d" and g.name in ref["counts"] and g.inputs[0] == n.name]
+        sops = np.zeros(T, np.int64)
+        for name in [n.name] + gates:
+            c = np.abs(ref["counts"][name]).reshape(T, b, -1)
+            sops += (c * reference_fanout(graph, name)).sum(axis=(1, 2))
+        layers[n.name] = {
+            "spikes": np.abs(counts).reshape(T, -1).sum(axis=1),
+            "events": (counts != 0).reshape(T, -1).sum(axis=1),
+            "sops": sops,
+            "neuron_updates": np.full(T, n.attrs.get("tau", 1) * int(np.prod(n.shape)) * b, np.int64),
+        }
+    return layers, analog, ann

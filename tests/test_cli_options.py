@@ -39,7 +39,7 @@ CASES = [
     (f"{RUN} --neuron gn --tau 2000", ["--tau", "tau=2000", "1..1024"]),
     (f"{RUN} --neuron gn --tau 2.5", ["--tau", "whole number"]),
     (f"{RUN} --neuron gn --tau ٨", ["--tau", "whole number"]),
-    (f"{RUN} --neuron lif", ["--neuron", "lif"]),
+    (f"{RUN} --neuron bursting", ["--neuron", "bursting"]),
     # run: an SNN file fixes its neurons; there is no ANN to evaluate
     (f"{RUN_SNN} --neuron gn", ["--neuron gn", "SNN file", "convert the ANN again"]),
     (f"{RUN_SNN} --v0 zero", ["--v0 zero", "SNN file"]),

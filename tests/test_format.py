@@ -372,7 +372,7 @@ CASES = [
     Case("relu-in-snn", mutated(lambda m, a: (m["nodes"].insert(2, {"name": "r", "op": "relu", "inputs": ["n1"]}),
                                               node(m, "fc").update(inputs=["r"])) and None, "snn"),
          ManifestError, ("'r'", "relu")),
-    Case("gn-with-reset", setter(("n1", "model"), "gn", base="snn"), ManifestError, ("n1", "reset", "gn")),
+    Case("if-with-tau", setter(("n1", "tau"), 4, base="snn"), ManifestError, ("n1", "tau")),
     # input spec
     Case("input-shape-zero", setter(("input", "shape"), [0, 6, 6]), ManifestError, ("input.shape",)),
     Case("input-shape-negative", setter(("input", "shape"), [2, -6, 6]), ManifestError, ("input.shape",)),
