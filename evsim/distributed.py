@@ -440,7 +440,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None, schedu
         env = {"NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1"}
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=logging.ERROR, env=env)
+                               silence_logs=logging.CRITICAL, env=env)
         where, target = f"--workers {workers}", cluster
     elif scheduler is not None:
         where, target = f"--scheduler {scheduler}" if flags else f"{ENV_SCHEDULER}={scheduler}", scheduler
