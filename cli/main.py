@@ -182,7 +182,8 @@ def read_inputs(path, graph, samples: int | None, labels: bool = True, option: s
     ``samples`` asks for more than the file has."""
     from evsim.data_io import load_data
 
-    x, y = load_data(path, graph.input.shape, _n_classes(graph) if labels else None, None)
+    # only the samples used are read (issue 17): a file may declare millions
+    x, y = load_data(path, graph.input.shape, _n_classes(graph) if labels else None, samples, labels=labels)
     if samples is not None:
         if samples > len(x):
             get_console().warn(f"{option} {samples:,}: {escape(path)} has {len(x):,} samples; using {len(x):,}")

@@ -78,7 +78,8 @@ def timesteps_option(default: int | None = 32, help: str = "Time-steps to simula
 def sim_options(func):
     """``-T``, ``--batch-size``, ``--samples``, ``--precision`` (run)."""
     decorators = [
-        timesteps_option(),
+        timesteps_option(None, "Time-steps to simulate [default: 32; for event-frame data, its number of "
+                               "frames]"),
         click.option("--batch-size", type=StrictInt(1, LIMITS["batch_size"]), default=64, show_default=True,
                      help="Samples simulated together (kernels run in parallel over samples and steps)."),
         click.option("--samples", type=StrictInt(1, LIMITS["samples"]), default=None,

@@ -95,7 +95,7 @@ class Statistic:
     q: float | None = None
 
 
-_PERCENTILE = re.compile(r"p(\d+(?:\.\d*)?|\.\d+)")
+_PERCENTILE = re.compile(r"p([0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})", re.ASCII)  # ASCII digits only
 
 
 def parse_statistic(text: str) -> Statistic:

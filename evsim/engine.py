@@ -36,7 +36,7 @@ from . import _kernels as K
 from ._kernels import tuning
 from .compile import Network, compile_network, to_engine_layout
 from .convert import ConversionOptions, convert
-from .data_io import check_data
+from .data_io import check_data, check_model_precision, check_preprocessed
 from .energy import EnergyModel, network_costs, resolve_models
 from .errors import ConversionError, DataError, ResourceLimitError, describe
 from .format import load
@@ -257,8 +257,10 @@ class Simulator:
     def _input_events(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The preprocessed input as events of every input neuron, payload = value (direct encoding)."""
         n_batch = len(x)
-        # preprocessed in float64, then rounded once to the simulation dtype
-        values = to_engine_layout(self.network.graph.input.preprocess(x)).astype(self.dtype)
+        # preprocessed in float64, then rounded once to the simulation dtype (refused if it would overflow)
+        values = self.network.graph.input.preprocess(x)
+        check_preprocessed(values, self.dtype, "simulation input")
+        values = to_engine_layout(values).astype(self.dtype)
         idx = self.buffers.get("input idx", (n_batch, self.input_size), np.int32)
         idx[:] = np.arange(self.input_size, dtype=np.int32)
         return idx, values, np.full(n_batch, self.input_size, np.int64)
@@ -496,6 +498,7 @@ def plan_run(network: Network, n_samples: int, T: int = 32, batch_size: int = 64
         raise DataError(describe("simulate", "precision 'float32' or 'float64'", repr(precision)))
     check_run_memory(network, min(int(batch_size), max(int(n_samples), 1)), int(T), PRECISIONS[precision])
     graph = network.graph
+    check_model_precision(graph, PRECISIONS[precision])
     settings = {"model": graph.source, "T": int(T), "batch_size": int(batch_size), "precision": precision,
                 "samples": int(n_samples), "neuron": sorted({p.model for p in network.populations}),
                 "conversion": graph.metadata.get("conversion", {}), "calibration": graph.metadata.get("calibration")}
