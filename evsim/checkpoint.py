@@ -27,7 +27,8 @@ The directory is tied to one run by a **fingerprint** (``checkpoint.json``):
 
 A directory whose fingerprint differs is refused with :class:`~evsim.errors.CheckpointError`
 naming what changed; results of different runs are never mixed.  Use a fresh directory
-(or delete the old one) to start over.
+(or delete the old one) to start over.  (A directory holding no finished shard yet, e.g.
+after a first attempt that failed at once, is simply taken over by the new run.)
 
 :class:`CheckpointRunner` wraps any runner (serial or :class:`~evsim.distributed.DaskRunner`)
 with this behaviour.
@@ -429,7 +430,9 @@ class Checkpoint:
             if version != FORMAT_VERSION:
                 raise CheckpointError(describe(where, f"checkpoint format {FORMAT_VERSION}", f"format {version}",
                                                "use a fresh directory"))
-            if _digest(old_fp) != ckpt.digest:
+            if _digest(old_fp) != ckpt.digest and not any(directory.glob(f"{_SHARD_PREFIX}*.npz")):
+                manifest.unlink()  # no shard was ever finished: nothing could be mixed, start afresh
+            elif _digest(old_fp) != ckpt.digest:
                 changed = [part for part in ("model", "data", "settings") if old_fp.get(part) != fp.get(part)]
                 details = "; ".join(_differences({p: old_fp.get(p) for p in changed},
                                                  {p: fp.get(p) for p in changed}))
@@ -438,7 +441,7 @@ class Checkpoint:
                     f"{', '.join(_WHAT[p] for p in changed) or 'a different run'} ({details})",
                     "results of different runs are never mixed: use a fresh --checkpoint directory "
                     "(or delete this one) to start over"))
-        else:
+        if not manifest.exists():
             strangers = [p.name for p in directory.iterdir() if not p.name.startswith(".")]
             if strangers:
                 raise CheckpointError(describe(where, "an empty directory or an evsim checkpoint",

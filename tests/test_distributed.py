@@ -238,6 +238,15 @@ def test_a_shard_file_of_another_run_is_not_loaded(tmp_path):
     assert back.layers.keys() == result.layers.keys()
 
 
+def test_a_checkpoint_without_finished_shards_is_taken_over(tmp_path):
+    Checkpoint.open(tmp_path, {"settings": {"T": 4}})  # a first attempt that failed before any shard
+    ckpt = Checkpoint.open(tmp_path, {"settings": {"T": 8}})  # nothing to mix: the new run takes it
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["fingerprint"] == {"settings": {"T": 8}}
+    ckpt.save(0, 2, [Simulator(as_network(MODEL)).run_batch(np.zeros((2,) + SHAPE), 2)])
+    with pytest.raises(CheckpointError, match=r"different settings \(settings\.T 8 -> 4\)"):
+        Checkpoint.open(tmp_path, {"settings": {"T": 4}})
+
+
 def test_content_hash_is_canonical():
     net = as_network(MODEL)
     assert content_hash(net) == content_hash(pickle.loads(pickle.dumps(net)))
