@@ -196,29 +196,46 @@ def _watch_jit(console: Console) -> None:
     interrupt.watch_numba(console)
 
 
+def activation_option(func):
+    """``--activation CLASS=SPEC`` (repeatable): the importer option that maps custom layers/ops."""
+    return click.option("--activation", "activations", multiple=True, metavar="CLASS=SPEC",
+                        help="Map a custom layer class (Keras) or op type (ONNX) of an imported model: "
+                             "CLASS=relu or CLASS=qcfs:WEIGHT_NAME,LEVELS. Repeatable.")(func)
+
+
+def load_model(path, activations=()):
+    """``evsim.load`` with the importer options given on the command line (none: no options)."""
+    import evsim
+
+    return evsim.load(path, **({"activations": list(activations)} if activations else {}))
+
+
 # --------------------------------------------------------------------------- inspect
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@activation_option
 @verbosity_options
-def inspect(model, as_json):
+def inspect(model, as_json, activations):
     """Show the nodes of MODEL: op, output shape, parameters, MACs, and totals.
 
     Parameters are all stored array elements, BatchNorm running statistics included;
     the total also gives the trainable count (without them).
     """
-    import evsim
     from evsim.summary import PARAMETERS_DEFINITION, summary_json
 
-    info = summary_json(evsim.load(model))
+    graph = load_model(model, activations)
+    info = summary_json(graph)
+    info["importer"] = getattr(graph, "importer", "evsim-v1")
     console = get_console()
     if as_json:
         console.out(dumps(info))
         return
     rows = [[n["name"], n["op"], "x".join(map(str, n["shape"])), f"{n['params']:,}", f"{n['macs']:,}"]
             for n in info["nodes"]]
+    via = "" if info["importer"] == "evsim-v1" else f" (read by the {info['importer']} importer)"
     console.out(f"{escape(model)}: kind {info['kind']}, input {'x'.join(map(str, info['input']))}, "
-                f"output '{escape(info['output'])}'")
+                f"output '{escape(info['output'])}'{via}")
     console.out(format_table(["node", "op", "output", "params", "MACs"], rows, "llrrr"))
     t = info["totals"]
     console.out(f"total: {t['params']:,} parameters ({PARAMETERS_DEFINITION}; {t['trainable']:,} trainable), "
@@ -386,8 +403,6 @@ class RunRequest:
 
 def build_run_request(ctx: click.Context, p: dict) -> RunRequest:
     """Check every option of ``run`` (rules, output paths, model, neuron options) before any work."""
-    import evsim
-
     facts = {**p, "given": given(ctx)}
     check_rules(RUN_RULES, facts)
     report = None
@@ -401,7 +416,7 @@ def build_run_request(ctx: click.Context, p: dict) -> RunRequest:
                            if p[k] is not None), ENV_SCHEDULER))
     if p["checkpoint"] is not None:
         extra["checkpoint"] = preflight_dir(p["checkpoint"], "--checkpoint")
-    graph = evsim.load(p["model"])
+    graph = load_model(p["model"], p["activations"])
     check_rules(RUN_MODEL_RULES, {**facts, "kind": graph.kind})
     neuron = None
     if graph.kind == "ann":
@@ -508,6 +523,7 @@ def execute_sharded_run(request: RunRequest, console: Console):
               help="Write the JSON report here ('-': print it on stdout instead of the tables).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of the tables.")
 @click.option("--no-ann", is_flag=True, help="Do not evaluate the ANN's accuracy (ANN models).")
+@activation_option
 @verbosity_options
 @click.pass_context
 def run(ctx, **params):
@@ -684,6 +700,7 @@ def _theta_text_summary(t: dict) -> str:
 @click.option("--keep-lambda", is_flag=True, help="With --threshold: keep trained QCFS λ, calibrate relu only.")
 @timesteps_option(None, "Time-steps the potential/bias calibration is done for")
 @click.option("--json", "as_json", is_flag=True, help="Print the full conversion record as JSON.")
+@activation_option
 @verbosity_options
 @click.pass_context
 def convert(ctx, **p):
@@ -700,7 +717,7 @@ def convert(ctx, **p):
         raise click.BadParameter(f"{escape(p['output'])}: an SNN file name ends in .h5 or .npz (the container "
                                  "follows the extension), or .nir for a NIR graph", param_hint="'--output'")
     output = preflight_output(p["output"], "--output", inputs=(p["model"], p["calib_data"]))
-    graph = evsim.load(p["model"])
+    graph = load_model(p["model"], p["activations"])
     ops = [n.op for n in graph.nodes]
     check_rules(CONVERT_MODEL_RULES, {**facts, "kind": graph.kind, "qcfs": ops.count("qcfs"),
                                       "relu": ops.count("relu"), "to_nir": to_nir})

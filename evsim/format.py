@@ -506,20 +506,26 @@ def _json_default(value):
 
 
 # --------------------------------------------------------------------------- public API
-def load(path, limit: int | None = None) -> Graph:
-    """Load and validate an evsim model file (``.npz``, ``.h5`` or ``.hdf5``).
+def load(path, limit: int | None = None, **importer_options) -> Graph:
+    """Load and validate a model file: evsim format v1, or any format an importer reads.
+
+    The file's content, not its extension, selects the reader (:mod:`evsim.importers`): evsim
+    format v1 (``.npz``/``.h5``), and with the importers in ``evsim.converters`` ONNX and Keras.
 
     Parameters
     ----------
     path : str or Path
-        The model file; the container follows the extension.
+        The model file.
     limit : int, optional
         Bytes a model may declare (default: :func:`evsim.graph.memory_limit`).
+    **importer_options
+        Options of the importer that reads the file (e.g. ``activations=`` for custom layers).
 
     Returns
     -------
     Graph
-        The validated graph, every node's output shape filled in.
+        The validated graph, every node's output shape filled in; ``graph.importer`` names the
+        importer that read it.
 
     Raises
     ------
@@ -527,7 +533,16 @@ def load(path, limit: int | None = None) -> Graph:
         Any problem with the file, one line naming the file and node.
     evsim.errors.ResourceLimitError
         Declared sizes above the memory limit.
+    evsim.errors.ConversionError
+        A foreign model with a layer or op evsim cannot express.
     """
+    from .importers import read
+
+    return read(path, limit=limit, **importer_options)
+
+
+def read_v1(path, limit: int | None = None) -> Graph:
+    """Load and validate an evsim format v1 file (``.npz``, ``.h5`` or ``.hdf5``; container by extension)."""
     text, arrays = read_container(path, limit)
     return graph_from_manifest(text, arrays, source=str(path), limit=limit)
 
