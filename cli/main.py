@@ -326,7 +326,48 @@ def typed(f: dict, name: str) -> str:
 RUN_RULES = [
     Rule(lambda f: f["report"] == STDOUT and f["as_json"],
          lambda f: "--report - and --json both print the report on stdout; give one of them"),
+    # distributed and checkpointed runs (issue 14, docs/distributed.md)
+    Rule(lambda f: f["workers"] is not None and (f["scheduler"] is not None or f["scheduler_file"] is not None),
+         lambda f: f"--workers {f['workers']} starts a local cluster, --scheduler/--scheduler-file use an existing "
+                   "one: give one of them"),
+    Rule(lambda f: f["scheduler"] is not None and f["scheduler_file"] is not None,
+         lambda f: "--scheduler and --scheduler-file both name the scheduler: give one of them"),
+    Rule(lambda f: f["shard_size"] is not None and f["checkpoint"] is None and _cluster(f) is None,
+         lambda f: f"--shard-size {f['shard_size']} applies to runs on a cluster (--workers, --scheduler, "
+                   "--scheduler-file, EVSIM_SCHEDULER) or with --checkpoint: add one of them or drop --shard-size"),
 ]
+
+
+def _cluster(f: dict) -> dict | None:
+    """The Dask cluster ``run`` was asked to use (flags first, then EVSIM_SCHEDULER), or None."""
+    if f["workers"] is not None:
+        return {"workers": f["workers"]}
+    if f["scheduler"] is not None:
+        return {"scheduler": f["scheduler"]}
+    if f["scheduler_file"] is not None:
+        return {"scheduler_file": f["scheduler_file"]}
+    if os.environ.get("EVSIM_SCHEDULER", "").strip():
+        return {"scheduler": os.environ["EVSIM_SCHEDULER"].strip(), "environ": True}
+    return None
+
+
+def cluster_options(func):
+    """``--workers``, ``--scheduler``, ``--scheduler-file``, ``--shard-size``, ``--checkpoint`` (run)."""
+    decorators = [
+        click.option("--workers", type=StrictInt(1, 4096), default=None, metavar="N",
+                     help="Run on a local Dask cluster of N worker processes (needs evsim[dask])."),
+        click.option("--scheduler", default=None, metavar="ADDRESS",
+                     help="Run on the Dask cluster at ADDRESS, e.g. tcp://host:8786 (default: $EVSIM_SCHEDULER)."),
+        click.option("--scheduler-file", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Run on the Dask cluster whose address `dask scheduler --scheduler-file FILE` wrote."),
+        click.option("--shard-size", type=StrictInt(1, LIMITS["samples"]), default=None, metavar="S",
+                     help="Samples per task and checkpoint shard, whole batches (default: about 64 shards)."),
+        click.option("--checkpoint", default=None, metavar="DIR",
+                     help="Keep every finished shard in DIR; the same command run again reuses them."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
 
 #: checked once the model file is read (its kind is known)
 RUN_MODEL_RULES = [
@@ -370,6 +411,14 @@ def build_run_request(ctx: click.Context, p: dict) -> RunRequest:
     report = None
     if p["report"] is not None and p["report"] != STDOUT:
         report = preflight_output(p["report"], "--report", inputs=(p["model"], p["data"]))
+    extra = {"cluster": _cluster(p), "shard_size": p["shard_size"], "checkpoint": None}
+    if extra["cluster"] is not None:  # before any work: without the extra, say how to install it
+        from evsim.distributed import ENV_SCHEDULER, require_dask
+
+        require_dask(next((f"--{k.replace('_', '-')}" for k in ("workers", "scheduler", "scheduler_file")
+                           if p[k] is not None), ENV_SCHEDULER))
+    if p["checkpoint"] is not None:
+        extra["checkpoint"] = preflight_dir(p["checkpoint"], "--checkpoint")
     graph = load_model(p["model"], p["activations"])
     if getattr(graph, "importer", None) == "nir" and facts["given"] & {"reset", "v0"}:
         # NIR's IF: --reset zero resets to v_reset, --v0 half starts at θ/2 (docs/nir.md): importer options
@@ -383,7 +432,7 @@ def build_run_request(ctx: click.Context, p: dict) -> RunRequest:
                       samples=p["samples"], precision=p["precision"], neuron=neuron,
                       energy=energy_model(p["energy_preset"], p["e_mac"], p["e_ac"], p["energy_files"]),
                       with_ann=not p["no_ann"] and graph.kind == "ann", report=report,
-                      json_stdout=p["as_json"] or p["report"] == STDOUT)
+                      json_stdout=p["as_json"] or p["report"] == STDOUT, extra=extra)
 
 
 def execute_run(request: RunRequest, console: Console):
@@ -391,6 +440,8 @@ def execute_run(request: RunRequest, console: Console):
     import evsim
     from evsim.ann import predict
 
+    if request.extra.get("cluster") is not None or request.extra.get("checkpoint") is not None:
+        return execute_sharded_run(request, console)
     x, y = read_inputs(request.data, request.graph, request.samples)
     options = request.options()
     _watch_jit(console)
@@ -409,6 +460,64 @@ def execute_run(request: RunRequest, console: Console):
     return results
 
 
+def execute_sharded_run(request: RunRequest, console: Console):
+    """``run`` on a Dask cluster and/or with a checkpoint (docs/distributed.md): the data file is
+    read in slices (by the workers on a cluster), finished shards are kept and reused."""
+    import contextlib
+
+    import evsim
+    from evsim.checkpoint import CheckpointRunner
+    from evsim.data_io import open_data
+
+    cluster, shard_size, checkpoint = (request.extra[k] for k in ("cluster", "shard_size", "checkpoint"))
+    graph = request.graph
+    source = open_data(request.data, graph.input.shape, _n_classes(graph), samples=request.samples)
+    if request.samples is not None and request.samples > source.n:
+        console.warn(f"--samples {request.samples:,}: {escape(request.data)} has {source.n:,} samples; "
+                     f"using {source.n:,}")
+    with contextlib.ExitStack() as stack:
+        client = runner = None
+        how = {"kind": "serial"}
+        if cluster is not None:
+            from evsim.distributed import DaskRunner, ann_accuracy, open_client
+
+            label = "starting a local Dask cluster" if "workers" in cluster else "connecting to the Dask scheduler"
+            with console.task(label):
+                client = stack.enter_context(open_client(**{k: v for k, v in cluster.items() if k != "environ"},
+                                                         log=console.note))
+            runner = DaskRunner(client, shard_size=shard_size)
+            how = {"kind": "dask", **{k: str(v) for k, v in cluster.items() if k != "environ"},
+                   "n_workers": len(client.scheduler_info().get("workers", {}))}
+        if checkpoint is not None:
+            runner = CheckpointRunner(checkpoint, runner, shard_size)
+            how["checkpoint"] = str(checkpoint)
+        _watch_jit(console)
+        with console.task("simulating", total=source.n, unit="samples") as task:
+            def progress(n):
+                task.advance(n)
+                interrupt.checkpoint()
+
+            results = evsim.simulate(graph, source, T=request.T, batch_size=request.batch_size,
+                                     precision=request.precision, options=request.options(),
+                                     energy=request.energy, progress=progress, runner=runner)
+        if request.with_ann and source.has_labels:
+            with console.task("evaluating the ANN"):
+                if client is not None:
+                    results.ann_accuracy = ann_accuracy(client, graph, source, shard_size, request.batch_size)
+                else:
+                    from evsim.ann import predict
+
+                    x, y = source.read(0, source.n)
+                    results.ann_accuracy = float((predict(graph, x) == y).mean())
+    results.settings["data"] = str(request.data)
+    results.settings["shards"] = dict(runner.shards)
+    results.settings["runner"] = how
+    if checkpoint is not None and runner.shards["reused"]:
+        console.note(f"--checkpoint {escape(checkpoint)}: reused {runner.shards['reused']} of "
+                     f"{runner.shards['total']} shards")
+    return results
+
+
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", "data", required=True, type=click.Path(dir_okay=False),
@@ -416,6 +525,7 @@ def execute_run(request: RunRequest, console: Console):
 @sim_options
 @neuron_options
 @energy_options
+@cluster_options
 @click.option("--report", type=str, default=None, metavar="PATH",
               help="Write the JSON report here ('-': print it on stdout instead of the tables).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of the tables.")

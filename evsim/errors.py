@@ -15,6 +15,8 @@ them into a single clean line and a non-zero exit code in one place
     ├── ConversionError         an ANN that cannot become an SNN as it stands
     │   └── UnknownNeuronError  a neuron model nobody registered (a missing plugin)
     ├── CalibrationError        calibration asked for something it cannot do
+    ├── CheckpointError         a checkpoint directory written by a different run (model, data, settings)
+    ├── ClusterError            a Dask cluster that cannot be reached or lost the work
     ├── OutputError             an output path evsim will not replace (directory, device, FIFO)
     └── MissingDependencyError  an optional extra (matplotlib, torch ...) is not installed
 
@@ -36,6 +38,8 @@ __all__ = [
     "ConversionError",
     "UnknownNeuronError",
     "CalibrationError",
+    "CheckpointError",
+    "ClusterError",
     "OutputError",
     "MissingDependencyError",
     "describe",
@@ -89,6 +93,14 @@ class CalibrationError(EvsimError):
 
 class UnknownNeuronError(ConversionError):
     """A neuron model that is not registered (built-in, ``register_neuron`` or entry point)."""
+
+
+class CheckpointError(EvsimError):
+    """A checkpoint directory cannot be used for this run (written by a different model, data or settings)."""
+
+
+class ClusterError(EvsimError):
+    """A Dask cluster cannot be reached, has no workers, or lost a task more often than allowed."""
 
 
 class OutputError(EvsimError):
