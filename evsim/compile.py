@@ -73,7 +73,11 @@ def compose_path(chain, source_shape, structural: bool = False):
     op = identity(source_shape)
     for item in chain:
         node, index = item if isinstance(item, tuple) else (item, 0)
-        op = OPS[node.op].compose(op, node, structural, index)
+        compose = OPS[node.op].compose
+        if compose is None:  # e.g. max pooling of the analog input: not linear, the executor evaluates it
+            raise ConversionError(describe(f"node '{node.name}'", "an op that composes into a projection",
+                                           repr(node.op)))
+        op = compose(op, node, structural, index)
     return op
 
 
@@ -295,30 +299,37 @@ def conv_kernel(src_c: int) -> str:
 
 
 @dataclass
-class DiagonalProjection(Projection):
-    """Same shape, neuron n feeds neuron n with ``weight[n]`` (e.g. a residual shortcut)."""
+class _WeightProjection(Projection):
+    """A projection whose kernel takes one weight array: ``K.<scatter>(events, weight, current)``."""
 
     weight: np.ndarray = None
 
-    kind = "diagonal"
+    scatter = ""
 
     def prepare(self, cast):
         from . import _kernels as K
 
-        weight = cast(self.weight)
+        kernel, weight = getattr(K, self.scatter), cast(self.weight)
 
         def scatter(ev_idx, ev_cnt, nev, current):
-            K.scatter_diagonal(ev_idx, ev_cnt, nev, weight, current)
+            kernel(ev_idx, ev_cnt, nev, weight, current)
         return scatter, (weight,)
 
 
 @dataclass
-class DenseProjection(Projection):
+class DiagonalProjection(_WeightProjection):
+    """Same shape, neuron n feeds neuron n with ``weight[n]`` (e.g. a residual shortcut)."""
+
+    kind = "diagonal"
+    scatter = "scatter_diagonal"
+
+
+@dataclass
+class DenseProjection(_WeightProjection):
     """A dense matrix ``weight`` (N_src, N_dst)."""
 
-    weight: np.ndarray = None
-
     kind = "dense"
+    scatter = "scatter_dense"
 
     def prepare(self, cast):
         from . import _kernels as K
@@ -744,7 +755,7 @@ def compile_network(graph: Graph) -> Network:
             elif target not in forward_inputs:
                 try:  # the analog input is a source whose payload is the (preprocessed) value
                     from_input.append(_projection(source, target, chain, input_shape, np.ones(input_shape[0])))
-                except ConversionError:  # composition over the memory limit: the NumPy executor does it
+                except ConversionError:  # over the memory limit, or not linear (max pooling): the executor does it
                     forward_inputs.append(target)
         if target not in forward_inputs:
             network.input_projections += from_input

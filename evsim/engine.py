@@ -45,12 +45,13 @@ from . import _kernels as K
 from ._kernels import tuning
 from .compile import Network, compile_network, to_engine_layout
 from .convert import ConversionOptions, convert
-from .data_io import check_data
+from .data_io import check_data, check_model_precision, check_preprocessed
+from .energy import EnergyModel, network_costs, resolve_models
 from .errors import ConversionError, DataError, ResourceLimitError, describe
 from .format import load
 from .graph import Graph, memory_limit
 from .neurons import NEGATIVE_THRESHOLD, get_model
-from .results import COUNTERS, BatchResult, EnergyModel, Results, RunPlan
+from .results import COUNTERS, BatchResult, Results, RunPlan
 
 __all__ = ["simulate", "Simulator", "PRECISIONS", "as_network", "plan_run", "check_run_memory", "time_block"]
 
@@ -214,6 +215,10 @@ class Simulator:
             self.input_scatters.setdefault(proj.target, []).append(call)
             self.weights["input", i] = arrays
         self.input_size = int(np.prod(network.graph.input.shape))
+        # event-frame inputs: the input is a spike source whose SOPs use its structural fan-out
+        self.input_fanout = np.zeros(self.input_size, np.int64)
+        for proj in network.input_projections:
+            self.input_fanout += proj.fanout
         names = [p.name for p in network.populations] + [g.name for g in network.gates]
         self.fanout = {name: network.fanout(name) for name in names}
         self.sizes = {p.name: p.size for p in network.populations}
@@ -257,8 +262,10 @@ class Simulator:
 
         Parameters
         ----------
-        x : ndarray (B, *input.shape)
-            Raw inputs (validated by the caller, e.g. :func:`simulate`).
+        x : ndarray (B, *input.shape), or (B, T_data, *input.shape) event frames
+            Raw inputs (validated by the caller, e.g. :func:`simulate`).  Event frames are spike
+            input: frame t is the input of step t (integer counts), steps past T_data get none;
+            the input is then a spike source (its events and SOPs are the layer ``"input"``).
         T : int
         y : ndarray (B,) of int, optional
             Labels: the result then counts correct predictions per step.
@@ -292,11 +299,30 @@ class Simulator:
     def _input_events(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The preprocessed input as events of every input neuron, payload = value (direct encoding)."""
         n_batch = len(x)
-        # preprocessed in float64, then rounded once to the simulation dtype
-        values = to_engine_layout(self.network.graph.input.preprocess(x)).astype(self.dtype)
+        # preprocessed in float64, then rounded once to the simulation dtype (refused if it would overflow)
+        values = self.network.graph.input.preprocess(x)
+        check_preprocessed(values, self.dtype, "simulation input")
+        values = to_engine_layout(values).astype(self.dtype)
         idx = self.buffers.get("input idx", (n_batch, self.input_size), np.int32)
         idx[:] = np.arange(self.input_size, dtype=np.int32)
         return idx, values, np.full(n_batch, self.input_size, np.int64)
+
+    def _frame_events(self, x: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Event frames ``(B, T_data, *input.shape)`` as input events of every step ``(B, T, N_in)``:
+        the non-zero counts of frame t in increasing neuron order, none past T_data."""
+        n_batch, t_data = x.shape[:2]
+        steps = min(T, t_data)
+        frames = np.zeros((n_batch, T, self.input_size), np.int64)
+        if steps > 0:  # a block past T_data has no frames
+            frames[:, :steps] = to_engine_layout(x[:, :steps].reshape((n_batch * steps,) + x.shape[2:])).reshape(
+                n_batch, steps, self.input_size)
+        extreme = int(np.abs(frames).max(initial=0))
+        dtype = next(d for d in (np.int8, np.int16, np.int32) if extreme <= np.iinfo(d).max)  # counts may exceed 1
+        nonzero = frames != 0
+        order = np.argsort(~nonzero, axis=2, kind="stable")  # non-zero neurons first, in increasing order
+        idx = np.ascontiguousarray(order, dtype=np.int32)
+        cnt = np.ascontiguousarray(np.take_along_axis(frames, order, axis=2), dtype=dtype)
+        return idx, cnt, nonzero.sum(axis=2, dtype=np.int64)
 
     def _base(self, stage: _Stage, forward: dict, inputs: tuple) -> np.ndarray:
         """Constant current of a target: ``(1, N)`` (bias only) or ``(B, N)`` (with the input).
@@ -306,7 +332,7 @@ class Simulator:
         if stage.name in forward:
             return forward[stage.name]
         static = self.static_current[stage.name]
-        if stage.name not in self.input_scatters:
+        if stage.name not in self.input_scatters or inputs[0].ndim == 3:  # event input: scattered per step
             return static
         base = self.buffers.get(("base", stage.name), (len(inputs[0]), stage.size), self.dtype)
         base[:] = static
@@ -314,18 +340,24 @@ class Simulator:
             scatter(*inputs, base)
         return base
 
-    def _currents(self, stage: _Stage, bases: dict, n_batch: int, T: int, events: dict):
-        """Constant current plus every incoming projection, for all samples and the block's steps."""
+    def _currents(self, stage: _Stage, bases: dict, n_batch: int, T: int, events: dict, frames=None):
+        """Constant current plus every incoming projection, for all samples and the block's steps
+        (``frames``: the block's input events, with event-frame input)."""
         t0 = time.perf_counter()
         base = bases[stage.name]
         current = self.buffers.get("current", (n_batch, T, stage.size), self.dtype)
         flat = current.reshape(n_batch * T, stage.size)
         items = n_batch * T
         first = stage.incoming[0] if stage.incoming else None
-        fused = first is not None and getattr(self.scatters[first], "fuses_init", False)
+        from_input = frames is not None and stage.name in self.input_scatters
+        fused = first is not None and getattr(self.scatters[first], "fuses_init", False) and not from_input
         if not fused:  # pre-load the constant current (a gather kernel starts from it instead)
             K.fill_rows(current, base)
             t0 = self._timed(stage.name, "fill", t0)
+        if from_input:  # event frames: the input's events of every step, like any source's
+            for scatter in self.input_scatters[stage.name]:
+                scatter(frames[0].reshape(items, -1), frames[1].reshape(items, -1), frames[2].reshape(items), flat)
+            t0 = self._timed(stage.name, "scatter input events", t0)
         for i in stage.incoming:
             source = self.network.projections[i].source
             ev_idx, ev_cnt, nev = events[source]
@@ -348,9 +380,21 @@ class Simulator:
         net, b = self.network, len(x)
         blocked = steps < T
         t0 = time.perf_counter()
-        forward = {name: np.ascontiguousarray(value, dtype=self.dtype)
-                   for name, value in net.constant_currents(x).items()}
-        inputs = self._input_events(x)
+        stats = {}
+        framed = x.ndim == len(net.graph.input.shape) + 2
+        if framed:  # event frames: a spike input, turned into events block by block
+            if net.forward_inputs:
+                raise ConversionError(describe(
+                    net.graph.source, "input paths composed into projections (event-frame input)",
+                    f"targets {', '.join(net.forward_inputs)} left to the NumPy executor (over the memory limit)",
+                    "raise EVSIM_MEMORY_LIMIT"))
+            forward = {}
+            inputs = (np.zeros((b, 1, 0), np.int32),)  # marks event input for _base
+            stats["input"] = np.zeros((T, 3), np.int64)
+        else:
+            forward = {name: np.ascontiguousarray(value, dtype=self.dtype)
+                       for name, value in net.constant_currents(x).items()}
+            inputs = self._input_events(x)
         self._timed("input", "preprocess", t0)
         t0 = time.perf_counter()
         bases = {}
@@ -363,7 +407,7 @@ class Simulator:
         gates = {g.name: g for g in net.gates}
         states = {p.name: self._state(p, b, blocked) for p in net.populations}
         cums = {g.name: np.zeros((b, int(np.prod(g.in_shape))), np.int32) for g in net.gates}
-        stats = {p.name: np.zeros((T, 3), np.int64) for p in net.populations}
+        stats.update({p.name: np.zeros((T, 3), np.int64) for p in net.populations})
         counts = {name: np.zeros((b, pops[name].size), np.int64) for name in record}
         n_out = self.sizes[net.output]
         order = _chw_order(net.output_shape)
@@ -373,6 +417,15 @@ class Simulator:
             tc = min(steps, T - t_lo)
             resume = t_lo > 0
             events: dict[str, tuple] = {}
+            frames = None
+            if framed:  # this block's frames (none past T_data) as input events, and their SOPs
+                t0 = time.perf_counter()
+                frames = self._frame_events(x[:, t_lo:t_lo + tc], tc)
+                input_stats = np.zeros((b * tc, 3), np.int64)
+                K.event_stats(frames[0].reshape(b * tc, -1), frames[1].reshape(b * tc, -1), frames[2].reshape(b * tc),
+                              self.input_fanout, input_stats)
+                stats["input"][t_lo:t_lo + tc] = input_stats.reshape(b, tc, 3).sum(axis=0)
+                self._timed("input", "preprocess", t0)
             for stage in self.stages:
                 if stage.kind == "gate":
                     g = gates[stage.name]
@@ -393,7 +446,7 @@ class Simulator:
                         del events[source]
                 elif stage.kind == "population":
                     p = pops[stage.name]
-                    current = self._currents(stage, bases, b, tc, events)
+                    current = self._currents(stage, bases, b, tc, events, frames)
                     for source in stage.release:
                         del events[source]
                     if stage.slot >= 0:
@@ -419,7 +472,7 @@ class Simulator:
                         K.accumulate_counts(ev_idx, ev_cnt, nev, counts[p.name])
                     events[p.name] = (ev_idx, ev_cnt, nev)
                 else:
-                    current = self._currents(stage, bases, b, tc, events)
+                    current = self._currents(stage, bases, b, tc, events, frames)
                     # running sum over the steps in float64, as an accumulator would do it: the block's
                     # steps are added to the running sum one after the other (the same sums for any block)
                     acc = np.empty((b, tc + 1, n_out))
@@ -484,8 +537,9 @@ class _MemoryModel:
         n_in = int(np.prod(network.graph.input.shape))
         n_out = int(np.prod(network.output_shape))
         unread = max([s.size for s in stages if s.kind == "population" and s.slot < 0], default=0)
+        # (event-frame input: the block's frames as events, with their int64 and argsort temporaries)
         self.per_step = (max(s.size for s in stages) * itemsize + (sum(slot_sizes) + unread) * (4 + count)
-                         + n_out * 8 * 2 + 64 * len(stages))
+                         + n_out * 8 * 2 + 64 * len(stages) + n_in * 32)
         input_targets = {pr.target for pr in network.input_projections} | set(network.forward_inputs)
         sizes = {s.name: s.size for s in stages}
         self.per_sample = (n_in * (4 + itemsize + 16) + sum(sizes[t] * (itemsize + 8) for t in input_targets)
@@ -633,8 +687,15 @@ def engine_settings() -> dict:
 
 
 def plan_run(network: Network, n_samples: int, T: int = 32, batch_size: int = 64, precision: str = "float32",
-             energy: EnergyModel | None = None, labels: bool = True) -> RunPlan:
-    """Check the run settings and describe the run (what every batch and the report need)."""
+             energy=None, labels: bool = True, frames: int | None = None) -> RunPlan:
+    """Check the run settings and describe the run (what every batch and the report need).
+
+    ``energy``: an :class:`~evsim.energy.EnergyModel`, a registered name, ``"all"``, or a list
+    of those (the first is the report's default; None: 45 nm fp32).  ``frames`` (T_data) marks
+    event-frame input: the input is then a spike source, reported as the layer ``"input"`` (its
+    SOPs replace the first layer's MACs).
+    """
+    energy_models = resolve_models(energy)
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise DataError(describe("simulate", "T an integer >= 1", repr(T)))
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -643,16 +704,39 @@ def plan_run(network: Network, n_samples: int, T: int = 32, batch_size: int = 64
         raise DataError(describe("simulate", "precision 'float32' or 'float64'", repr(precision)))
     check_run_memory(network, min(int(batch_size), max(int(n_samples), 1)), int(T), PRECISIONS[precision])
     graph = network.graph
+    check_model_precision(graph, PRECISIONS[precision])
     settings = {"model": graph.source, "T": int(T), "batch_size": int(batch_size), "precision": precision,
                 "samples": int(n_samples), "neuron": sorted({p.model for p in network.populations}),
                 "conversion": graph.metadata.get("conversion", {}), "calibration": graph.metadata.get("calibration"),
                 "engine": engine_settings()}
-    return RunPlan(int(T), int(batch_size), precision, int(n_samples), [(p.name, p.size) for p in network.populations],
-                   network.input_macs, network.ann_macs, energy or EnergyModel(), settings)
+    layers = [(p.name, p.size) for p in network.populations]
+    first_layer_macs = network.input_macs
+    if frames is not None:  # spike input: the first layer does SOPs on its events, no MACs
+        layers = [("input", int(np.prod(graph.input.shape)))] + layers
+        first_layer_macs = 0
+        settings["input"] = {"kind": "event frames", "frames": int(frames)}
+    return RunPlan(int(T), int(batch_size), precision, int(n_samples), layers, first_layer_macs, network.ann_macs,
+                   energy_models[0], settings, tuple(energy_models), network_costs(network))
 
 
-def simulate(model, x, y=None, T: int = 32, batch_size: int = 64, precision: str = "float32",
-             options: ConversionOptions | None = None, energy: EnergyModel | None = None,
+def _check_frames(x, y, input_shape, n_classes, source: str = "simulate"):
+    """Event frames ``(N, T_data, *input.shape)``: finite integer counts; labels as for static inputs."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise DataError(describe(f"{source}, 'x'", "numeric event counts", f"dtype {x.dtype}"))
+    if x.shape[1] < 1:
+        raise DataError(describe(f"{source}, 'x'", "at least one frame per sample", f"shape {x.shape}"))
+    _, y = check_data(x[:, 0], y, input_shape, n_classes, source=source)
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x) & (x == np.round(x))):
+        raise DataError(describe(f"{source}, 'x'", "event frames of integer counts", "non-integer values",
+                                 "frames count the events of each pixel and bin"))
+    if np.abs(x).max(initial=0) > np.iinfo(np.int32).max:
+        raise DataError(describe(f"{source}, 'x'", "event counts below 2**31", f"{np.abs(x).max()}"))
+    return x, y
+
+
+def simulate(model, x, y=None, T: int | None = None, batch_size: int = 64, precision: str = "float32",
+             options: ConversionOptions | None = None, energy: EnergyModel | str | list | None = None,
              progress: Callable[[int], None] | None = None, runner=None) -> Results:
     """Simulate a converted SNN on a data set, event by event.
 
@@ -667,17 +751,20 @@ def simulate(model, x, y=None, T: int = 32, batch_size: int = 64, precision: str
     x : ndarray (N, *input.shape), or a data source
         Raw inputs (the model's input preprocessing is applied), or an object with ``n``,
         ``has_labels`` and ``read(start, stop)`` such as ``evsim.data_io.open_data(...)``.
+        ``(N, T_data, *input.shape)`` (or a source with ``frames``) is event-frame input: frame t
+        is the input of step t (integer counts, no preprocessing), steps past T_data get none.
     y : ndarray of int, (N,), optional
         Labels (with an array ``x``); accuracy per time-step is reported when given.
-    T : int
-        Time-steps.
+    T : int, optional
+        Time-steps (default: T_data for event frames, else 32).
     batch_size : int
         Samples simulated together (kernels run in parallel over them).
     precision : {"float32", "float64"}
     options : ConversionOptions, optional
         Neuron model and its options, for an ANN model.
-    energy : EnergyModel, optional
-        Energy constants (default 45 nm fp32).
+    energy : EnergyModel, str or list, optional
+        Energy model(s) to report: models, registered names (:mod:`evsim.energy`) or ``"all"``;
+        the first gives ``energy_snn_pj`` / ``energy_ann_pj`` (default ``"45nm-fp32"``).
     progress : callable, optional
         Called with the number of samples finished after each batch.
     runner : Runner, optional
@@ -698,9 +785,20 @@ def simulate(model, x, y=None, T: int = 32, batch_size: int = 64, precision: str
             raise DataError(describe("simulate", "labels inside the data source", "a separate y",
                                      "pass y only with an array x"))
         source = x
+        frames = getattr(x, "frames", None)
+    elif np.ndim(x) == len(network.graph.input.shape) + 2:  # event frames
+        source = ArraySource(*_check_frames(x, y, network.graph.input.shape, n_classes))
+        frames = np.shape(x)[1]
     else:
         source = ArraySource(*check_data(x, y, network.graph.input.shape, n_classes, source="simulate"))
-    plan = plan_run(network, source.n, T, batch_size, precision, energy)
+        frames = None
+    if frames is not None and (network.graph.input.scale is not None or network.graph.input.mean is not None
+                               or network.graph.input.std is not None):
+        raise DataError(describe(f"{network.graph.source}, input", "no input preprocessing with event frames "
+                                 "(frames are spike counts, fed as they are)", "scale/mean/std",
+                                 "use a model without preprocessing, or static inputs"))
+    T = (frames or 32) if T is None else T
+    plan = plan_run(network, source.n, T, batch_size, precision, energy, frames=frames)
     runner = runner or SerialRunner()
     t1 = time.perf_counter()
 
@@ -717,6 +815,8 @@ def simulate(model, x, y=None, T: int = 32, batch_size: int = 64, precision: str
         partials = list(runner.map(network, plan, source, plan.shards(), on_batch))
     t2 = time.perf_counter()
     results = Results.reduce(partials, plan)
+    if getattr(runner, "shards", None) is not None:  # distributed and checkpointed runs say what they reused
+        results.settings["shards"] = dict(runner.shards)
     hits_after, misses_after = _kernel_cache_stats()
     results.timing = {"compile_s": t1 - t0, "simulate_s": t2 - t1,
                       "first_batch_s": first_batch[0] if first_batch else None,

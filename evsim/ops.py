@@ -155,7 +155,7 @@ register_op(OpSpec(
 # --------------------------------------------------------------------------- batchnorm and scale
 def _batchnorm_forward(node: Node, x):
     p, v = node.arrays, x[0]
-    scale = p["gamma"] / np.sqrt(p["var"] + node.attrs["eps"])
+    scale = p["gamma"] / np.sqrt(p["var"].astype(np.float64) + node.attrs["eps"])  # eps may vanish in float32
     shift = p["beta"] - p["mean"] * scale
     return ann.channel_affine(v, scale, shift)  # v * scale + shift per channel, one pass
 
@@ -173,7 +173,8 @@ def _scale_columns(op, scale):
 
 def _batchnorm_compose(op, node, structural, index):
     p = node.arrays
-    scale = np.ones(len(p["gamma"])) if structural else p["gamma"] / np.sqrt(p["var"] + node.attrs["eps"])
+    scale = np.ones(len(p["gamma"])) if structural else \
+        p["gamma"] / np.sqrt(p["var"].astype(np.float64) + node.attrs["eps"])
     return _scale_columns(op, scale)
 
 
@@ -336,7 +337,7 @@ def _parse_neuron(node: Node, where: str) -> None:
     attrs = dict(node.attrs)
     if "model" not in attrs:
         raise ManifestError(describe(where, "attribute 'model' (the neuron model)", "none"))
-    model = get_model(attrs.pop("model"), where)
+    model = get_model(attrs.pop("model"), f"{where}, attribute 'model'")
     parsed = {"model": model.name}
     reset = attrs.pop("reset", None)
     if model.resets:
@@ -344,7 +345,7 @@ def _parse_neuron(node: Node, where: str) -> None:
             raise ManifestError(describe(f"{where}, attribute 'reset'", "one of " + ", ".join(map(repr, model.resets)),
                                          _clip(repr(reset))))
         parsed["reset"] = reset or model.resets[0]
-    elif reset is not None:
+    elif reset is not None and reset != "subtract":  # files before 0.2 wrote "subtract" for every model
         raise ManifestError(describe(f"{where}, attribute 'reset'", f"no reset for neuron model '{model.name}'",
                                      _clip(repr(reset)), "remove it: this model has no reset option"))
     scalars = {k: v for k, v in attrs.items() if k in model.params}
