@@ -91,3 +91,24 @@ def test_blocked_run_has_smaller_buffers():
     blocked = Simulator(net, np.float32, time_block=4)
     blocked.run_batch(x, 64)
     assert blocked.buffers.nbytes < whole.buffers.nbytes / 4
+
+
+@settings(deadline=None, max_examples=8)
+@given(seed=st.integers(0, 2**31 - 1), model=st.sampled_from(["if", "gn", "signed_if"]), extra=st.integers(-2, 3),
+       block=st.integers(1, 4))
+def test_event_frames_in_blocks(seed, model, extra, block):
+    """Event-frame input is turned into events block by block (frames past T_data: none); results
+    and the input layer's SOPs equal one block."""
+    from evsim.graph import InputSpec
+
+    graph = random_network(seed, activation=model)
+    graph.input = InputSpec(tuple(graph.input.shape))  # frames are counts: no preprocessing
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 4, size=(2, 4) + tuple(graph.input.shape)).astype(np.uint8)
+    T = 4 + extra
+    net = compile_network(graph)
+    pops = tuple(p.name for p in net.populations)
+    whole = Simulator(net, np.float64, time_block=T).run_batch(x, T, record=pops)
+    blocked = Simulator(net, np.float64, time_block=block).run_batch(x, T, record=pops)
+    same_batch(blocked, whole)
+    assert "input" in blocked.layers
