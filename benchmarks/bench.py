@@ -176,8 +176,12 @@ def engine_worker(args):
                                       if kind == "layer" for p in m.parameters()),
                     torch_threads=torch.get_num_threads())
 
-        def run():
-            return dense.run(x, T)
+        if args.worker == "ann":  # the moonshot's yardstick: torch running the ANN (one pass, ReLU)
+            def run():
+                return dense.run_ann(x)
+        else:
+            def run():
+                return dense.run(x, T)
     t0 = time.perf_counter()
     out = run()
     info["first_call_s"] = time.perf_counter() - t0
@@ -256,7 +260,8 @@ def timed_pair(net, T, batch, rate, rounds, min_seconds):
     -------
     dict engine -> {info, mem, times (s per batch), reps, median, ips, ips_min, ips_max}
     """
-    ws = {"evsim": EngineWorker("evsim", net, T, batch, rate), "sj": EngineWorker("sj", net, T, batch, rate)}
+    ws = {"evsim": EngineWorker("evsim", net, T, batch, rate), "sj": EngineWorker("sj", net, T, batch, rate),
+          "ann": EngineWorker("ann", net, T, batch, rate)}
     try:
         for w in ws.values():  # both start (import, build, warm up) concurrently, before any timing
             w.info = w.read()
@@ -540,7 +545,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=THREADS, help=argparse.SUPPRESS)
     ap.add_argument("--rates", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    workers = {"evsim": engine_worker, "sj": engine_worker, "scaling": scaling_worker, "jit": jit_worker,
+    workers = {"evsim": engine_worker, "sj": engine_worker, "ann": engine_worker, "scaling": scaling_worker,
+               "jit": jit_worker,
                "breakdown": breakdown_worker, "kernels": kernels_worker}
     globals()["OMP_WAIT"] = args.omp_wait
     if args.worker:
@@ -577,7 +583,7 @@ def main(argv=None):
     # 2. throughput and memory
     print(f"\n== throughput, float32, images/s: median [min, max] of {rounds} measurements ==")
     hdr = (f"{'network':9s} {'T':>2s} {'batch':>5s} | {'evsim':>24s} | {'SpikingJelly':>24s} | {'ev/SJ':>5s} | "
-           f"{'firing':>6s} {'MSOP/img':>8s}")
+           f"{'torch ANN':>9s} {'ev/ANN':>6s} | {'firing':>6s} {'MSOP/img':>8s}")
     print(hdr)
     print("-" * len(hdr))
     results["throughput"] = []
@@ -585,24 +591,28 @@ def main(argv=None):
         for T in Ts:
             for b in batches:
                 r = timed_pair(net, T, b, args.rate, rounds, 0.2 if quick else 0.5)
-                ev, sj = r["evsim"], r["sj"]
-                row = dict(net=net, T=T, batch=b, evsim=ev, sj=sj, ratio=ev["ips"] / sj["ips"],
-                           memory=memory_row(ev, sj))
+                ev, sj, an = r["evsim"], r["sj"], r["ann"]
+                row = dict(net=net, T=T, batch=b, evsim=ev, sj=sj, ann=an, ratio=ev["ips"] / sj["ips"],
+                           ratio_ann=ev["ips"] / an["ips"], memory=memory_row(ev, sj))
                 results["throughput"].append(row)
                 print(f"{net:9s} {T:2d} {b:5d} | {ev['ips']:8.1f} [{ev['ips_min']:6.1f}, {ev['ips_max']:6.1f}] | "
                       f"{sj['ips']:8.1f} [{sj['ips_min']:6.1f}, {sj['ips_max']:6.1f}] | {row['ratio']:5.2f} | "
-                      f"{100 * ev['info']['rate']:5.1f}% {ev['info']['sops_per_image'] / 1e6:8.1f}")
-    print(f"ev/SJ = evsim / SpikingJelly images/s; both {THREADS} threads, measurements interleaved.")
+                      f"{an['ips']:9.1f} {row['ratio_ann']:6.2f} | "
+                      f"{100 * ev['info']['rate']:5.1f}% {ev['info']['sops_per_image'] / 1e6:8.1f}", flush=True)
+    print(f"ev/SJ = evsim / SpikingJelly images/s; torch ANN = the same layers with ReLU, one pass (the "
+          f"moonshot's yardstick); all {THREADS} threads, measurements interleaved.")
 
     print("\n== memory, float32, MB ==")
     print_memory(results["throughput"])
 
     # 3. scaling
     srates = [0.01, 0.1, 0.3] if quick else [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3]
-    sbatch = 4 if quick else 16
-    print(f"\n== scaling: evsim VGG-16, T=4, batch {sbatch}, firing rate 1-30 % ==")
-    results["scaling"] = scaling("vgg16", 4, sbatch, srates, 3 if quick else 5)
-    print_scaling(results["scaling"])
+    results["scaling_by_batch"] = {}
+    for sbatch in ((4,) if quick else (1, 16)):
+        print(f"\n== scaling: evsim VGG-16, T=4, batch {sbatch}, firing rate 1-30 % ==")
+        results["scaling_by_batch"][sbatch] = scaling("vgg16", 4, sbatch, srates, 3 if quick else 5)
+        print_scaling(results["scaling_by_batch"][sbatch])
+    results["scaling"] = results["scaling_by_batch"][4 if quick else 16]
 
     if not quick:
         # 4. JIT

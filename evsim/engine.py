@@ -549,12 +549,14 @@ class _MemoryModel:
             model = get_model(p.model)
             self.per_sample_state += p.size * (itemsize + (8 if model.kernel is not None else 0))
         self.neurons = sum(p.size for p in network.populations)
+        self.per_step_counters = 48 * (len(network.populations) + 1)
         self.weights = _weight_bytes(network, itemsize)
 
     def need(self, n_batch: int, T: int, steps: int) -> int:
-        """Bytes a batch allocates with blocks of ``steps`` steps."""
+        """Bytes a batch allocates with blocks of ``steps`` steps (what grows with T: the predictions,
+        8 bytes per sample and step, and the counters, 3 x 8 bytes per population and step, twice)."""
         state = self.per_sample_state if steps < T else 0
-        return n_batch * (self.per_sample + state + 16 * T + steps * self.per_step)
+        return n_batch * (self.per_sample + state + 16 * T + steps * self.per_step) + self.per_step_counters * T
 
     def time_block(self, n_batch: int, T: int, setting: int | None = None) -> int:
         """Steps per block: ``setting`` (or ``EVSIM_TIME_BLOCK``) if given, else the most steps whose
@@ -565,7 +567,7 @@ class _MemoryModel:
         if setting is not None:
             return max(1, min(setting, T))
         budget = max(MIN_BLOCK_BYTES, self.weights + n_batch * self.neurons * 8)
-        room = memory_limit() - n_batch * (self.per_sample + self.per_sample_state + 16 * T)
+        room = memory_limit() - n_batch * (self.per_sample + self.per_sample_state + 16 * T) - self.per_step_counters * T
         budget = min(budget, room)
         steps = max(1, min(T, budget // max(1, n_batch * self.per_step)))
         n_blocks = -(-T // steps)

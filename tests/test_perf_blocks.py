@@ -76,8 +76,9 @@ def test_automatic_block_bounds_memory(monkeypatch):
     long = [run_memory(net, 256, T, np.float32) for T in (512, 4096, 32768)]
     steps = [time_block(net, 256, T) for T in (512, 4096, 32768)]
     assert all(s < T for s, T in zip(steps, (512, 4096, 32768)))
-    # memory grows only by the per-step predictions (8 bytes per sample and step), not by the buffers
-    assert long[-1] - long[0] <= 256 * 16 * (32768 - 512) + 2**20
+    # memory grows only by the per-step predictions and counters, not by the buffers
+    per_step = 256 * 16 + 48 * (len(net.populations) + 1)
+    assert long[-1] - long[0] <= per_step * (32768 - 512) + 2**20
     # EVSIM_MEMORY_LIMIT shrinks the block further
     monkeypatch.setenv("EVSIM_MEMORY_LIMIT", str(run_memory(net, 256, 4096, np.float32, time_block=2)))
     assert time_block(net, 256, 4096) <= 2
