@@ -418,11 +418,11 @@ def dense_enabled() -> bool:
 
 #: event density (events / (items x source neurons)) from which a projection computes its currents
 #: densely (GEMM), per projection kind; measured with benchmarks/dense.py (docs/performance.md): on
-#: the 2-vCPU AVX-512 machine the event path of a convolution stays faster up to 80 % (the
-#: output-stationary kernel runs at ~18 GSOP/s per core, OpenBLAS sgemm at ~22 GMAC/s plus the
-#: im2col), so convolutions go dense only when (nearly) every neuron has an event: the analog
-#: input, whose every value is an event; a linear layer breaks even at 60-80 %
-DENSE_BREAK_EVEN = {"conv": 0.9, "dense": 0.7}
+#: the 2-vCPU AVX-512 machine the event path of a convolution stayed faster at every density up to
+#: 100 % (the output-stationary kernel runs at 12-19 GSOP/s per core, OpenBLAS sgemm at ~22 GMAC/s
+#: plus the im2col from the events: dense took 1.4-10x as long), so convolutions never switch here
+#: (a machine with a faster GEMM would lower it); a linear layer: see the measurement
+DENSE_BREAK_EVEN = {"conv": float("inf"), "dense": 0.7}
 
 
 class _DensePath:

@@ -145,6 +145,40 @@ def _plan(net: Network) -> tuple[list[_Stage], list[int]]:
     return stages, slot_sizes
 
 
+class _Serial:
+    """Context: one Numba thread for a call whose estimated work is below
+    :data:`~evsim._kernels.tuning.MIN_PARALLEL_NS` (a parallel region costs a barrier: tens of
+    microseconds on an idle machine, a scheduler time slice when the other thread is descheduled
+    on a busy one); ``EVSIM_MIN_PARALLEL_NS`` overrides the threshold (0: always parallel)."""
+
+    __slots__ = ("saved", "serial")
+
+    def __init__(self, est_ns: float):
+        self.serial = est_ns < _min_parallel_ns()
+        self.saved = 0
+
+    def __enter__(self):
+        if self.serial:
+            import numba
+            self.saved = numba.get_num_threads()
+            numba.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        if self.serial:
+            import numba
+            numba.set_num_threads(self.saved)
+        return False
+
+
+def _min_parallel_ns() -> float:
+    text = os.environ.get("EVSIM_MIN_PARALLEL_NS", "").strip()
+    try:
+        return float(text) if text else tuning.MIN_PARALLEL_NS
+    except ValueError:
+        return tuning.MIN_PARALLEL_NS
+
+
 def _aligned_empty(size: int, dtype) -> np.ndarray:
     """An uninitialised 1-D array whose data starts on a 64-byte (cache line) boundary."""
     dtype = np.dtype(dtype)
@@ -225,6 +259,8 @@ class Simulator:
         self.sizes.update({g.name: int(np.prod(g.out_shape)) for g in network.gates})
         self.sizes[network.output] = int(np.prod(network.output_shape))
         self.static_current = {name: cast(value)[None, :] for name, value in network.static_current.items()}
+        #: mean structural fan-out per projection: estimated SOPs of a call = events x this
+        self.mean_fanout = [float(pr.fanout.mean()) if pr.fanout.size else 0.0 for pr in network.projections]
         # one count dtype for all events (buffers are shared): wide enough for every population
         self.count_dtype = _count_dtype(network)
         self.stages, _ = _plan(network)
@@ -244,15 +280,17 @@ class Simulator:
         """Time-steps per block for a batch of ``n_batch`` samples and ``T`` steps (see :func:`time_block`)."""
         return self.memory.time_block(n_batch, T, self.time_block)
 
-    def _parts(self, n_batch: int, size: int, channels: int) -> np.ndarray:
-        """Neuron ranges (multiples of ``channels``) so that small batches still use every thread."""
+    def _parts(self, n_batch: int, size: int, channels: int, steps: int = 1) -> np.ndarray:
+        """Neuron ranges (multiples of ``channels``) so that small batches still use every thread
+        (one range when the layer's work is run serially: no join of parts needed)."""
         import numba
 
-        key = (n_batch, size, channels, numba.get_num_threads())
+        serial = n_batch * steps * size * tuning.NS_PER_NEURON_STEP < _min_parallel_ns()
+        key = (n_batch, size, channels, numba.get_num_threads(), serial)
         bounds = self._bounds.get(key)
         if bounds is None:
             pixels = size // channels
-            n_parts = max(1, min(tuning.splits(n_batch), pixels, size // tuning.MIN_PART))
+            n_parts = 1 if serial else max(1, min(tuning.splits(n_batch), pixels, size // tuning.MIN_PART))
             bounds = self._bounds[key] = np.linspace(0, pixels, n_parts + 1).astype(np.int64) * channels
         return bounds
 
@@ -352,7 +390,8 @@ class Simulator:
         from_input = frames is not None and stage.name in self.input_scatters
         fused = first is not None and getattr(self.scatters[first], "fuses_init", False) and not from_input
         if not fused:  # pre-load the constant current (a gather kernel starts from it instead)
-            K.fill_rows(current, base)
+            with _Serial(items * stage.size * tuning.NS_PER_FILL):
+                K.fill_rows(current, base)
             t0 = self._timed(stage.name, "fill", t0)
         if from_input:  # event frames: the input's events of every step, like any source's
             for scatter in self.input_scatters[stage.name]:
@@ -362,10 +401,13 @@ class Simulator:
             source = self.network.projections[i].source
             ev_idx, ev_cnt, nev = events[source]
             args = (ev_idx.reshape(items, -1), ev_cnt.reshape(items, -1), nev.reshape(items), flat)
-            if fused and i == first:
-                self.scatters[i](*args, init=base, per_row=T)
-            else:
-                self.scatters[i](*args)
+            est = float(nev.sum()) * self.mean_fanout[i] * tuning.NS_PER_SOP + (
+                items * stage.size * tuning.NS_PER_FILL if fused and i == first else 0.0)
+            with _Serial(est):
+                if fused and i == first:
+                    self.scatters[i](*args, init=base, per_row=T)
+                else:
+                    self.scatters[i](*args)
             path = getattr(self.scatters[i], "last", "scatter")  # "dense" when the projection went dense
             t0 = self._timed(stage.name, path + " " + self.network.projections[i].kind, t0)
         return current
@@ -454,13 +496,14 @@ class Simulator:
                     else:  # nothing reads its events (the counts may still be recorded)
                         ev_idx = self.buffers.get(("unread idx",), (b, tc, stage.size), np.int32)
                         ev_cnt = self.buffers.get(("unread cnt",), (b, tc, stage.size), self.count_dtype)
-                    bounds = self._parts(b, stage.size, p.shape[0])
+                    bounds = self._parts(b, stage.size, p.shape[0], tc)
                     n_parts = len(bounds) - 1
                     nev_parts = np.empty((b, tc, n_parts), np.int64)
                     part_stats = np.empty((b, tc, n_parts, 3), np.int64)
                     t0 = time.perf_counter()
-                    self.neuron_runs[p.name](current, bounds, self.fanout[p.name], ev_idx, ev_cnt, nev_parts,
-                                             part_stats, states[p.name], resume)
+                    with _Serial(b * tc * stage.size * tuning.NS_PER_NEURON_STEP):
+                        self.neuron_runs[p.name](current, bounds, self.fanout[p.name], ev_idx, ev_cnt, nev_parts,
+                                                 part_stats, states[p.name], resume)
                     if n_parts > 1:
                         nev = np.empty((b, tc), np.int64)
                         K.join_parts(ev_idx, ev_cnt, nev_parts, bounds, nev)
@@ -516,7 +559,7 @@ def _env_time_block() -> int | None:
 
 #: the buffers of one block of time-steps may always use this much (so that small networks and batches
 #: keep all T steps in one block)
-MIN_BLOCK_BYTES = 64 * 2**20
+MIN_BLOCK_BYTES = 16 * 2**20
 
 
 class _MemoryModel:
@@ -663,7 +706,7 @@ def time_block(network: Network, n_batch: int, T: int, dtype=np.float32, setting
 
     ``setting`` (or the environment variable ``EVSIM_TIME_BLOCK``) if given; otherwise the most
     steps whose per-block buffers (currents and events of one population at a time, for every
-    sample and step of the block) fit in the larger of 64 MiB and weights + state (batch x
+    sample and step of the block) fit in the larger of 16 MiB and weights + state (batch x
     neurons x 8 bytes, what a step-by-step simulator holds), within ``EVSIM_MEMORY_LIMIT``.
     Membrane state is carried from one block to the next, so the spikes do not depend on it.
     """

@@ -20,3 +20,11 @@ def splits(items: int) -> int:
     """How many parts to cut each of ``items`` work items into for about ``ITEMS_PER_THREAD``
     items per thread (items differ in size; dynamic scheduling evens them out)."""
     return max(1, -(-ITEMS_PER_THREAD * numba.get_num_threads() // items))
+
+#: a call whose estimated work is below this many nanoseconds runs on one thread (no parallel
+#: region: its barrier costs tens of microseconds on an idle machine and a scheduler time slice,
+#: milliseconds, when the other thread is descheduled on a busy one); estimates per unit of work:
+MIN_PARALLEL_NS = 100_000
+NS_PER_NEURON_STEP = 1.0  # neuron update + compaction, per neuron and step (measured ~0.5-1 ns)
+NS_PER_SOP = 0.07  # scatter / gather, per synaptic operation (9-18 GSOP/s per core)
+NS_PER_FILL = 0.3  # pre-loading one current
