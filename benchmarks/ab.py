@@ -88,7 +88,8 @@ class Worker:
         self.err = tempfile.TemporaryFile("w+")
         cmd = [python, os.path.abspath(__file__), "--worker", "--net", net, "--T", str(T), "--batch", str(batch),
                "--threads", str(threads)]
-        env = dict(os.environ, **bench.thread_vars(threads), NUMBA_CACHE_DIR=cache_dir, **(extra_env or {}))
+        env = dict(os.environ, **bench.thread_vars(threads))
+        env.update(NUMBA_CACHE_DIR=cache_dir, **(extra_env or {}))
         env.pop("PYTHONPATH", None)  # the interpreter's own environment decides which evsim is imported
         self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True,
                                   env=env, cwd=tempfile.gettempdir())

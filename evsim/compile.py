@@ -417,12 +417,26 @@ def dense_enabled() -> bool:
 
 
 #: event density (events / (items x source neurons)) from which a projection computes its currents
-#: densely (GEMM), per projection kind; measured with benchmarks/dense.py (docs/performance.md): on
-#: the 2-vCPU AVX-512 machine the event path of a convolution stayed faster at every density up to
-#: 100 % (the output-stationary kernel runs at 12-19 GSOP/s per core, OpenBLAS sgemm at ~22 GMAC/s
-#: plus the im2col from the events: dense took 1.4-10x as long), so convolutions never switch here
-#: (a machine with a faster GEMM would lower it); a linear layer: see the measurement
-DENSE_BREAK_EVEN = {"conv": float("inf"), "dense": 0.7}
+#: densely (GEMM), per projection kind, measured with benchmarks/dense.py (docs/performance.md): on
+#: the 2-vCPU AVX-512 machine the event path stayed faster at every density up to 100 % (the
+#: output-stationary kernel runs at 12-19 GSOP/s per core, OpenBLAS sgemm at ~22 GMAC/s plus the
+#: im2col from the events: dense took 1.3-5x as long; only Group-Neuron counts 1..4 on a 256-channel
+#: layer at 100 % broke even), so nothing switches here.  ``EVSIM_DENSE_BREAK_EVEN`` (a density)
+#: sets one break-even for every kind on a machine where benchmarks/dense.py finds one.
+DENSE_BREAK_EVEN = {"conv": float("inf"), "dense": float("inf")}
+
+
+def dense_break_even(kind: str) -> float:
+    """The break-even density of a projection kind (``EVSIM_DENSE_BREAK_EVEN`` overrides)."""
+    import os
+
+    text = os.environ.get("EVSIM_DENSE_BREAK_EVEN", "").strip()
+    if text:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConversionError(describe("EVSIM_DENSE_BREAK_EVEN", "a density such as 0.5", repr(text))) from None
+    return DENSE_BREAK_EVEN[kind]
 
 
 class _DensePath:
@@ -442,7 +456,7 @@ class _DensePath:
         if not dense_enabled():
             return False
         items = len(nev)
-        return items > 0 and float(nev.sum()) >= DENSE_BREAK_EVEN[self.kind] * items * self.n_src
+        return items > 0 and float(nev.sum()) >= dense_break_even(self.kind) * items * self.n_src
 
     def run(self, rows, ev_idx, ev_cnt, nev, current, init, per_row, per_item_elements):
         """``rows(ev_idx, ev_cnt, nev, lo, hi, start, out)`` over slices of items, in parallel threads;

@@ -559,7 +559,7 @@ def _env_time_block() -> int | None:
 
 #: the buffers of one block of time-steps may always use this much (so that small networks and batches
 #: keep all T steps in one block)
-MIN_BLOCK_BYTES = 16 * 2**20
+MIN_BLOCK_BYTES = 64 * 2**20
 
 
 class _MemoryModel:
@@ -706,7 +706,7 @@ def time_block(network: Network, n_batch: int, T: int, dtype=np.float32, setting
 
     ``setting`` (or the environment variable ``EVSIM_TIME_BLOCK``) if given; otherwise the most
     steps whose per-block buffers (currents and events of one population at a time, for every
-    sample and step of the block) fit in the larger of 16 MiB and weights + state (batch x
+    sample and step of the block) fit in the larger of 64 MiB and weights + state (batch x
     neurons x 8 bytes, what a step-by-step simulator holds), within ``EVSIM_MEMORY_LIMIT``.
     Membrane state is carried from one block to the next, so the spikes do not depend on it.
     """
