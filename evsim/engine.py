@@ -608,6 +608,8 @@ def simulate(model, x, y=None, T: int | None = None, batch_size: int = 64, preci
         partials = list(runner.map(network, plan, source, plan.shards(), on_batch))
     t2 = time.perf_counter()
     results = Results.reduce(partials, plan)
+    if getattr(runner, "shards", None) is not None:  # distributed and checkpointed runs say what they reused
+        results.settings["shards"] = dict(runner.shards)
     hits_after, misses_after = _kernel_cache_stats()
     results.timing = {"compile_s": t1 - t0, "simulate_s": t2 - t1,
                       "first_batch_s": first_batch[0] if first_batch else None,
