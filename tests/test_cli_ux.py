@@ -36,6 +36,11 @@ QCFS, RELU, TEST, CALIB = (str(DATA / n) for n in ("mnist_qcfs.npz", "mnist_relu
 SMALL = ["--samples", "8", "-T", "2"]
 REPO = Path(__file__).resolve().parents[1]
 
+# The installed console script: ``python -m evsim.cli.main`` from the repository root would import the
+# source folder evsim/ (which has no cli/ inside) instead of the installed package.
+_SCRIPT = Path(sys.executable).with_name("evsim")
+EVSIM_COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "evsim.cli.main"]
+
 
 def invoke(*args, env=None):
     return CliRunner().invoke(main, [str(a) for a in args], env=env)
@@ -44,7 +49,7 @@ def invoke(*args, env=None):
 def cli(*args, env=None, cwd=None, timeout=300, **kwargs):
     """``evsim ARGS`` in a fresh Python process."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "evsim.cli.main", *map(str, args)], capture_output=True,
+    return subprocess.run([*EVSIM_COMMAND, *map(str, args)], capture_output=True,
                           text=True, env=full_env, cwd=cwd, timeout=timeout, **kwargs)
 
 
@@ -225,7 +230,7 @@ class _Process:
     """evsim in a subprocess whose stderr is read as it comes."""
 
     def __init__(self, args, env):
-        self.proc = subprocess.Popen([sys.executable, "-m", "evsim.cli.main", *map(str, args)],
+        self.proc = subprocess.Popen([*EVSIM_COMMAND, *map(str, args)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
         self.err = b""
         self.reader = threading.Thread(target=self._read, daemon=True)
