@@ -530,6 +530,9 @@ def execute_sharded_run(request: RunRequest, console: Console):
               help="Write the JSON report here ('-': print it on stdout instead of the tables).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of the tables.")
 @click.option("--no-ann", is_flag=True, help="Do not evaluate the ANN's accuracy (ANN models).")
+@click.option("--no-dense", is_flag=True, help="Never switch a projection to its dense (GEMM) path.")
+@click.option("--time-block", type=click.IntRange(min=1), default=None,
+              help="Time-steps simulated per block (default: chosen from EVSIM_MEMORY_LIMIT and the batch).")
 @activation_option
 @verbosity_options
 @click.pass_context
@@ -538,6 +541,14 @@ def run(ctx, **params):
 
     Accuracy is printed in %; in the JSON report it is a fraction (accuracy_unit).
     """
+    import os
+
+    # engine settings are read from the environment (so runners' worker simulators see them too)
+    if params.pop("no_dense"):
+        os.environ["EVSIM_DENSE"] = "0"
+    time_block = params.pop("time_block")
+    if time_block is not None:
+        os.environ["EVSIM_TIME_BLOCK"] = str(time_block)
     console = get_console()
     request = build_run_request(ctx, params)
     results = execute_run(request, console)

@@ -157,7 +157,7 @@ def _batchnorm_forward(node: Node, x):
     p, v = node.arrays, x[0]
     scale = p["gamma"] / np.sqrt(p["var"].astype(np.float64) + node.attrs["eps"])  # eps may vanish in float32
     shift = p["beta"] - p["mean"] * scale
-    return v * _channel(scale.astype(v.dtype), v.ndim) + _channel(shift.astype(v.dtype), v.ndim)
+    return ann.channel_affine(v, scale, shift)  # v * scale + shift per channel, one pass
 
 
 def _scale_columns(op, scale):
@@ -230,7 +230,7 @@ def _pool_compose(divide: bool):
 
 def _pool_sum(node: Node, x):
     a = node.attrs
-    return ann.windows(x[0], a["kernel"], a["stride"], a["padding"]).sum(axis=(4, 5))
+    return ann.pool_sum(x[0], a["kernel"], a["stride"], a["padding"])
 
 
 def _avgpool_forward(node: Node, x):

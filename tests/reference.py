@@ -841,3 +841,39 @@ def reference_counts(graph, ref, T):
             "neuron_updates": np.full(T, n.attrs.get("tau", 1) * int(np.prod(n.shape)) * b, np.int64),
         }
     return layers, analog, ann
+
+
+# ============================================================================================
+# Performance kernels (issue 19): output-stationary convolution, dense path, time blocks
+# ============================================================================================
+
+def gather_conv_ref(counts, weight, init, per_row, src_h, src_w, src_c, crop_h, crop_w, pool_h, pool_w,
+                    out_h, out_w, out_c, k_h, k_w, stride_h, stride_w, pad_h, pad_w):
+    """Twin of ``evsim._kernels.gather.gather_conv``: every item's currents start from its row of
+    ``init`` (row ``(i // per_row) % R``), then every event ``(n, k)`` in increasing ``n`` adds
+    ``k * weight[ky, kx, c, :]`` (rounded, then added, in the weight dtype) to every output its
+    pooled position reaches.  ``weight`` is (k_h, k_w, src_c, out_c); the sum pooling over
+    ``pool_h x pool_w`` blocks (cut at the crop) is applied position by position, not by summing
+    counts first."""
+    dtype = weight.dtype
+    items = counts.shape[0]
+    grid_h, grid_w = -(-crop_h // pool_h), -(-crop_w // pool_w)
+    current = np.array(init[(np.arange(items) // per_row) % init.shape[0]], dtype=dtype)
+    for i in range(items):
+        for n in np.flatnonzero(counts[i]):
+            k = dtype.type(counts[i, n])
+            y, x, c = n // (src_w * src_c), (n // src_c) % src_w, n % src_c
+            if y >= crop_h or x >= crop_w:
+                continue
+            gy, gx = y // pool_h, x // pool_w
+            for ky in range(k_h):
+                for kx in range(k_w):
+                    ty, tx = gy + pad_h - ky, gx + pad_w - kx
+                    if ty % stride_h or tx % stride_w:
+                        continue
+                    oy, ox = ty // stride_h, tx // stride_w
+                    if not (0 <= oy < out_h and 0 <= ox < out_w) or gy >= grid_h or gx >= grid_w:
+                        continue
+                    start = (oy * out_w + ox) * out_c
+                    current[i, start:start + out_c] += k * weight[ky, kx, c, :]
+    return current
