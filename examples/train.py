@@ -343,9 +343,10 @@ def train_one(act: str, data, seed: int, epochs: int):
     channels' background value just below the first rounding edge λ/(2L) = λ/8 (u = z/λ ≈ 0.11): zero at
     L = 4, but λ/8 at L = 8 and a steady firing rate ≈ u in an IF neuron at large T — a systematic
     offset on most of the image that the rest of the network never saw (ANN 98.8 % at L = 4, 79 % at
-    L = 8, 86 % at L = 64).  With L changing from batch to batch no such edge is stable, the background
-    responses move out of the rounding zones, and the ANN works at every L, as an SNN needs for every T.
-    The ReLU model is trained exactly as before (no draw of L, same random stream).
+    L = 8, 86 % at L = 64).  With L changing from batch to batch the network sees the background (and
+    every other pre-activation) quantised differently from batch to batch and cannot lean on one L: the
+    ANN then works at every L, as an SNN needs for every T.  The ReLU model is trained exactly as
+    before (no draw of L, same random stream).
     """
     import torch
     import torch.nn.functional as F
