@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 STEPS = (1, 2, 4, 8, 16, 32)
 START, END = "<!-- reproduction:start -->", "<!-- reproduction:end -->"
+FIGURE_ROWS = ("QCFS, IF v0=0", "QCFS, IF v0=θ/2", "QCFS, GN τ=4", "QCFS, signed IF",
+               "CS-QCFS (channel-wise λ), IF v0=θ/2", "QCFS, IF + potential calibration (T=2)",
+               "ReLU, p99.9 channel-wise")
 NEURONS_START, NEURONS_END = "<!-- neurons:start -->", "<!-- neurons:end -->"
 NEURON_T = 8
 NEURON_ROWS = [  # (label, conversion options) for docs/neurons.md
@@ -170,7 +173,7 @@ def main():
         from evsim.plotting import plot_reports
 
         with tempfile.TemporaryDirectory() as tmp:
-            chosen = [r for r in reports if r.settings["label"].startswith(("QCFS", "CS-QCFS (", "ReLU, p99.9 chan"))]
+            chosen = [r for r in reports if r.settings["label"] in FIGURE_ROWS]
             paths = []
             for i, r in enumerate(chosen):
                 r.save(Path(tmp) / f"{i}.json")
@@ -183,7 +186,7 @@ def main():
     if path.exists() and NEURONS_START in path.read_text():
         block = neuron_tables(x, y)
         path.write_text(re.sub(re.escape(NEURONS_START) + ".*?" + re.escape(NEURONS_END), lambda m: block,
-                               path.read_text(), flags=re.S))
+                               path.read_text(), flags=re.DOTALL))
         print(block)
     print(text)
 
