@@ -47,14 +47,24 @@ PHASES = ("preprocess", "input", "fill", "scatter conv", "scatter dense", "scatt
 
 
 # --------------------------------------------------------------------------- shared helpers
+#: OpenMP wait policy of both workers (``--omp-wait``): "passive" threads sleep at a barrier instead of
+#: spinning, which on a shared, oversubscribed machine keeps a descheduled spinning thread from holding
+#: up its team (evsim sets the same default itself, see docs/performance.md)
+OMP_WAIT = "passive"
+
+
 def thread_vars(n: int) -> dict[str, str]:
     """Environment that gives a process ``n`` threads whichever runtime it uses.
 
     Both workers get the same variables, so neither engine gets a bigger pool from a library
-    neither of them controls directly (OpenMP under Numba's ``omp`` layer and torch, BLAS).
+    neither of them controls directly (OpenMP under Numba's ``omp`` layer and torch, BLAS), and the
+    same OpenMP wait policy.
     """
-    return {name: str(n) for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                      "MKL_NUM_THREADS")}
+    env = {name: str(n) for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                     "MKL_NUM_THREADS")}
+    if OMP_WAIT != "default":
+        env["OMP_WAIT_POLICY"] = OMP_WAIT
+    return env
 
 
 def thresholds(net: str, T: int, rate: float) -> dict:
@@ -142,13 +152,15 @@ def engine_worker(args):
     info = {}
     if args.worker == "evsim":
         import numba
+        import numpy as np
         numba.set_num_threads(args.threads)
         sim = simulator(args.net, T, args.rate)
         neurons = sum(p.size for p in sim.network.populations)
         # per-neuron arrays the simulator holds besides the weights: v0 and threshold, the constant
         # current of bias-only targets, the fan-out for SOP counts
-        per_neuron = ([a for p in sim.params.values() for a in (p.param, p.v0)] + list(sim.static_current.values())
-                      + list(sim.fanout.values()))
+        per_neuron = ([np.asarray(a, np.float32) for p in sim.network.populations
+                       for a in (p.v0, p.kernel_theta, p.param_values)]
+                      + list(sim.static_current.values()) + list(sim.fanout.values()))
         info.update(weights_bytes=sum(a.nbytes for w in sim.weights.values() for a in w),
                     per_neuron_bytes=sum(a.nbytes for a in per_neuron), state_bytes=len(x) * neurons * 8,
                     neurons=neurons, numba_threads=numba.get_num_threads())
@@ -164,15 +176,19 @@ def engine_worker(args):
                                       if kind == "layer" for p in m.parameters()),
                     torch_threads=torch.get_num_threads())
 
-        def run():
-            return dense.run(x, T)
+        if args.worker == "ann":  # the moonshot's yardstick: torch running the ANN (one pass, ReLU)
+            def run():
+                return dense.run_ann(x)
+        else:
+            def run():
+                return dense.run(x, T)
     t0 = time.perf_counter()
     out = run()
     info["first_call_s"] = time.perf_counter() - t0
     if args.worker == "evsim":
         import numba
         info["threading_layer"] = numba.threading_layer()
-        _, stats, _ = out
+        stats = out.stats
         info["sops_per_image"] = float(sum(s[:, 2].sum() for s in stats.values())) / len(x)
         info["rate"] = float(sum(s[:, 0].sum() for s in stats.values())) / (len(x) * T * info["neurons"])
     run()
@@ -244,7 +260,8 @@ def timed_pair(net, T, batch, rate, rounds, min_seconds):
     -------
     dict engine -> {info, mem, times (s per batch), reps, median, ips, ips_min, ips_max}
     """
-    ws = {"evsim": EngineWorker("evsim", net, T, batch, rate), "sj": EngineWorker("sj", net, T, batch, rate)}
+    ws = {"evsim": EngineWorker("evsim", net, T, batch, rate), "sj": EngineWorker("sj", net, T, batch, rate),
+          "ann": EngineWorker("ann", net, T, batch, rate)}
     try:
         for w in ws.values():  # both start (import, build, warm up) concurrently, before any timing
             w.info = w.read()
@@ -519,6 +536,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=None, help="measurements per engine and config (>= 5)")
     ap.add_argument("--nets", default="vgg16,resnet20")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
+    ap.add_argument("--omp-wait", default="passive", choices=("passive", "active", "default"),
+                    help="OMP_WAIT_POLICY of both workers ('default': leave it unset)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--net", default="vgg16", help=argparse.SUPPRESS)
     ap.add_argument("--T", type=int, default=4, help=argparse.SUPPRESS)
@@ -526,8 +545,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=THREADS, help=argparse.SUPPRESS)
     ap.add_argument("--rates", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    workers = {"evsim": engine_worker, "sj": engine_worker, "scaling": scaling_worker, "jit": jit_worker,
+    workers = {"evsim": engine_worker, "sj": engine_worker, "ann": engine_worker, "scaling": scaling_worker,
+               "jit": jit_worker,
                "breakdown": breakdown_worker, "kernels": kernels_worker}
+    globals()["OMP_WAIT"] = args.omp_wait
     if args.worker:
         return workers[args.worker](args)
 
@@ -541,7 +562,8 @@ def main(argv=None):
     results = {"machine": machine(), "quick": quick, "rate": args.rate, "threads": THREADS}
     m = results["machine"]
     print(f"machine: {m.get('cpu')} ({m.get('cpus')} CPUs, {m.get('simd')}); {m['versions']}")
-    print(f"threads: {THREADS} per worker (numba / torch, OMP/OpenBLAS/MKL); load average at start: {m['load']}")
+    print(f"threads: {THREADS} per worker (numba / torch, OMP/OpenBLAS/MKL), OMP_WAIT_POLICY {args.omp_wait}; "
+          f"load average at start: {m['load']}")
     t_start = time.perf_counter()
 
     # 1. calibration (cached) and float64 spike check
@@ -561,7 +583,7 @@ def main(argv=None):
     # 2. throughput and memory
     print(f"\n== throughput, float32, images/s: median [min, max] of {rounds} measurements ==")
     hdr = (f"{'network':9s} {'T':>2s} {'batch':>5s} | {'evsim':>24s} | {'SpikingJelly':>24s} | {'ev/SJ':>5s} | "
-           f"{'firing':>6s} {'MSOP/img':>8s}")
+           f"{'torch ANN':>9s} {'ev/ANN':>6s} | {'firing':>6s} {'MSOP/img':>8s}")
     print(hdr)
     print("-" * len(hdr))
     results["throughput"] = []
@@ -569,24 +591,28 @@ def main(argv=None):
         for T in Ts:
             for b in batches:
                 r = timed_pair(net, T, b, args.rate, rounds, 0.2 if quick else 0.5)
-                ev, sj = r["evsim"], r["sj"]
-                row = dict(net=net, T=T, batch=b, evsim=ev, sj=sj, ratio=ev["ips"] / sj["ips"],
-                           memory=memory_row(ev, sj))
+                ev, sj, an = r["evsim"], r["sj"], r["ann"]
+                row = dict(net=net, T=T, batch=b, evsim=ev, sj=sj, ann=an, ratio=ev["ips"] / sj["ips"],
+                           ratio_ann=ev["ips"] / an["ips"], memory=memory_row(ev, sj))
                 results["throughput"].append(row)
                 print(f"{net:9s} {T:2d} {b:5d} | {ev['ips']:8.1f} [{ev['ips_min']:6.1f}, {ev['ips_max']:6.1f}] | "
                       f"{sj['ips']:8.1f} [{sj['ips_min']:6.1f}, {sj['ips_max']:6.1f}] | {row['ratio']:5.2f} | "
-                      f"{100 * ev['info']['rate']:5.1f}% {ev['info']['sops_per_image'] / 1e6:8.1f}")
-    print(f"ev/SJ = evsim / SpikingJelly images/s; both {THREADS} threads, measurements interleaved.")
+                      f"{an['ips']:9.1f} {row['ratio_ann']:6.2f} | "
+                      f"{100 * ev['info']['rate']:5.1f}% {ev['info']['sops_per_image'] / 1e6:8.1f}", flush=True)
+    print(f"ev/SJ = evsim / SpikingJelly images/s; torch ANN = the same layers with ReLU, one pass (the "
+          f"moonshot's yardstick); all {THREADS} threads, measurements interleaved.")
 
     print("\n== memory, float32, MB ==")
     print_memory(results["throughput"])
 
     # 3. scaling
     srates = [0.01, 0.1, 0.3] if quick else [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3]
-    sbatch = 4 if quick else 16
-    print(f"\n== scaling: evsim VGG-16, T=4, batch {sbatch}, firing rate 1-30 % ==")
-    results["scaling"] = scaling("vgg16", 4, sbatch, srates, 3 if quick else 5)
-    print_scaling(results["scaling"])
+    results["scaling_by_batch"] = {}
+    for sbatch in ((4,) if quick else (1, 16)):
+        print(f"\n== scaling: evsim VGG-16, T=4, batch {sbatch}, firing rate 1-30 % ==")
+        results["scaling_by_batch"][sbatch] = scaling("vgg16", 4, sbatch, srates, 3 if quick else 5)
+        print_scaling(results["scaling_by_batch"][sbatch])
+    results["scaling"] = results["scaling_by_batch"][4 if quick else 16]
 
     if not quick:
         # 4. JIT

@@ -255,6 +255,31 @@ class DenseSNN:
         return (out, spikes) if record else out
 
 
+    def run_ann(self, x: np.ndarray) -> np.ndarray:
+        """The same layers as the ANN: one pass, ReLU where the SNN has IF neurons (the moonshot's
+        yardstick: torch running the ANN).  Returns the logits (B, F)."""
+        torch = self.torch
+        with torch.inference_mode():
+            vals = {"input": torch.from_numpy(self.graph.input.preprocess(x, np.float64)).to(self.dtype)}
+            for i, (name, kind, ins, m) in enumerate(self.plan):
+                if kind == "layer":
+                    y = m(vals[ins[0]])
+                elif kind == "gap":
+                    y = vals[ins[0]].mean(dim=(-2, -1))
+                elif kind == "flatten":
+                    y = vals[ins[0]].flatten(1)
+                elif kind == "add":
+                    y = vals[ins[0]]
+                    for s in ins[1:]:
+                        y = y + vals[s]
+                else:
+                    y = torch.relu(vals[ins[0]])
+                vals[name] = y
+                for s in self.free_after[i]:
+                    del vals[s]
+            return vals[self.graph.output].to(torch.float64).numpy()
+
+
 # --------------------------------------------------------------------------- calibration
 def _if_count_impl(z, theta):
     """Total spikes of IF neurons (v0 = θ/2, soft reset) driven by z (T, N), float64."""

@@ -11,6 +11,7 @@ _LAZY = {
     "calibrate": "calibration",
     "threshold_statistics": "calibration",
     "CalibrationWarning": "calibration",
+    "nhwc_to_nchw": "_builder",
 }
 
 __all__ = list(_LAZY)

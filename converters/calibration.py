@@ -95,7 +95,7 @@ class Statistic:
     q: float | None = None
 
 
-_PERCENTILE = re.compile(r"p(\d+(?:\.\d*)?|\.\d+)")
+_PERCENTILE = re.compile(r"p([0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})", re.ASCII)  # ASCII digits only
 
 
 def parse_statistic(text: str) -> Statistic:
@@ -338,7 +338,8 @@ class ThresholdStatistics:
 def threshold_statistics(graph: Graph, x: np.ndarray, statistic: str | Statistic = "p99.9", *,
                          channelwise: bool = False, include_zeros: bool = False, override_qcfs: bool = False,
                          batch_size: int = 256, exact_budget: int = EXACT_BUDGET,
-                         bins_per_octave: int = BINS_PER_OCTAVE, octaves: int = OCTAVES) -> ThresholdStatistics:
+                         bins_per_octave: int = BINS_PER_OCTAVE, octaves: int = OCTAVES,
+                         progress: Callable[[str], None] | None = None) -> ThresholdStatistics:
     """Stream a calibration set through the ANN and take a threshold statistic per activation.
 
     Recorded: the output ``max(z, 0)`` of every ``relu``, and with ``override_qcfs``
@@ -395,6 +396,8 @@ def threshold_statistics(graph: Graph, x: np.ndarray, statistic: str | Statistic
         for name, (src, transform) in sources.items():
             collectors[name].add(_groups(transform(values[src]), channelwise))
         del values
+        if progress is not None:
+            progress(f"threshold statistics: {min(start + batch_size, len(x)):,}/{len(x):,} samples")
 
     result = ThresholdStatistics(stat, {}, {}, {}, samples=len(x))
     for name, col in collectors.items():
@@ -552,13 +555,16 @@ def _channel_mean(v: np.ndarray) -> np.ndarray:
 
 
 def _data_calibration(ann: Graph, snn: Graph, x: np.ndarray, T: int, *, potential: bool, bias: bool,
-                      overridden: set[str]) -> None:
+                      overridden: set[str], progress: Callable[[str], None] | None = None) -> None:
     """Bias then potential calibration, population by population in topological order, in place."""
     pops = [n for n in snn.nodes if n.op == "neuron"]
     targets_of = {p.name: _bias_target(snn, p.name) for p in pops} if bias else {}  # fail before simulating
     thresholds = {p.name: p.arrays["threshold"] for p in pops}
     ann_values = _ann_targets(ann, x, [p.name for p in pops], thresholds, overridden)
-    for pop in pops:
+    for i, pop in enumerate(pops):
+        if progress is not None:
+            what = " and ".join(w for w, on in (("bias", bias), ("potential", potential)) if on)
+            progress(f"{what} calibration at T={T}: layer {pop.name} ({i + 1}/{len(pops)})")
         a = ann_values[pop.name]
         if bias:
             node, role = targets_of[pop.name]
@@ -588,7 +594,8 @@ def calibrate(graph: Graph, x_calib: np.ndarray | None = None, options: Conversi
               threshold: str | None = None, channelwise: bool = False,
               potential: str = "half", bias_calibration: bool = False, T: int | None = None,
               calib_samples: int | None = None, batch_size: int = 256, include_zeros: bool = False,
-              override_qcfs: bool | None = None, data_samples: int = DATA_SAMPLES) -> Graph:
+              override_qcfs: bool | None = None, data_samples: int = DATA_SAMPLES,
+              progress: Callable[[str], None] | None = None) -> Graph:
     """Convert an ANN to an SNN graph, with thresholds, potentials and biases calibrated from data.
 
     Parameters
@@ -630,6 +637,9 @@ def calibrate(graph: Graph, x_calib: np.ndarray | None = None, options: Conversi
     data_samples : int
         Size of the one batch (the first samples) used by data-driven potential and
         bias calibration.
+    progress : callable, optional
+        Called with one line saying what is being done (per batch of threshold
+        statistics, per layer of potential/bias calibration).
 
     Returns
     -------
@@ -713,14 +723,14 @@ def calibrate(graph: Graph, x_calib: np.ndarray | None = None, options: Conversi
     stats = None
     if calibrated:
         stats = threshold_statistics(graph, x, stat, channelwise=channelwise, include_zeros=include_zeros,
-                                     override_qcfs=override_qcfs, batch_size=batch_size)
+                                     override_qcfs=override_qcfs, batch_size=batch_size, progress=progress)
         notes += stats.warnings
     snn = convert(graph, options, thresholds=stats.thresholds if stats else None)
     n_data = 0
     if data_steps:
         n_data = min(int(data_samples), len(x))
         _data_calibration(graph, snn, x[:n_data], int(T), potential=method.data, bias=bias_calibration,
-                          overridden={n.name for n in calibrated if n.op == "qcfs"})
+                          overridden={n.name for n in calibrated if n.op == "qcfs"}, progress=progress)
     has_qcfs = any(n.op == "qcfs" for n in graph.nodes)
     snn.metadata["calibration"] = _record(snn, stats, stat, channelwise, include_zeros,
                                           bool(override_qcfs) if has_qcfs else None, potential,

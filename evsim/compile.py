@@ -207,26 +207,95 @@ class ConvProjection(Projection):
         from ._kernels import tuning
 
         g = self.geometry
+        if g.groups == 1 and g.dil_h == g.dil_w == 1 and conv_kernel(g.src_c) == "gather":
+            return self._prepare_gather(cast)
         if g.groups == 1 and g.dil_h == g.dil_w == 1:
             rows, taps_y, taps_x = K.conv_rows_layout(cast(self.weight), g.stride_h, g.stride_w)
             pool_h, pool_w = self.pool
             # weights larger than a core's L2 are scattered by blocks of source channels that fit
             c_block = g.src_c if rows.nbytes <= tuning.L2_BUDGET else max(1, tuning.L2_BUDGET * g.src_c // rows.nbytes)
 
+            dense = _DensePath("conv", self.source, g.src_h * g.src_w * g.src_c)
+            n_cols = g.k_h * g.k_w * g.src_c
+            matrix = np.ascontiguousarray(cast(self.weight).reshape(n_cols, g.out_c))
+            dense_rows = _conv_dense_rows(g, self.pool, [(0, matrix)])
+
             def scatter(ev_idx, ev_cnt, nev, current):
                 items = len(nev)
+                if dense.use(nev):
+                    scatter.last = "dense"
+                    dense.run(dense_rows, ev_idx, ev_cnt, nev, current, current, 1, g.out_h * g.out_w * n_cols)
+                    return
+                scatter.last = "scatter"
                 bands = min(g.out_h, tuning.splits(items))  # few items (batch 1): split their output rows too
                 block = c_block if items >= tuning.MIN_BLOCK_ITEMS else g.src_c
                 K.scatter_conv_rows(ev_idx, ev_cnt, nev, rows, taps_y, taps_x, current, g.src_w, g.src_c, g.crop_h,
                                     g.crop_w, pool_h, pool_w, g.out_h, g.out_w, g.out_c, g.stride_h, g.stride_w,
                                     g.pad_h, g.pad_w, bands, block)
-            return scatter, (rows,)
+            scatter.last = "scatter"
+            return scatter, (rows, matrix)
         # factor_pooling only pools groups-1, dilation-1 convolutions
         weight = cast(self.weight)
 
         def scatter(ev_idx, ev_cnt, nev, current):
             K.scatter_conv(ev_idx, ev_cnt, nev, weight, current, *g)
         return scatter, (weight,)
+
+    def _prepare_gather(self, cast):
+        """The output-stationary kernel (:mod:`evsim._kernels.gather`); it can also start from the
+        constant current (``init``), which saves the engine's pre-load of the currents."""
+        from . import _kernels as K
+        from ._kernels import tuning
+
+        g = self.geometry
+        pool_h, pool_w = self.pool
+        weight = K.gather_layout(cast(self.weight))
+        grid_h, grid_w = -(-g.crop_h // pool_h), -(-g.crop_w // pool_w)
+        seg = np.empty((0, g.src_h * g.src_w + 1), np.int64)  # each work item locates its events
+
+        dense = _DensePath("conv", self.source, g.src_h * g.src_w * g.src_c)
+        n_out, n_cols = g.out_h * g.out_w, g.k_h * g.k_w * g.src_c
+        dense_rows = _conv_dense_rows(g, self.pool, _chunks(g.out_c, weight, n_cols))
+
+        def gather(ev_idx, ev_cnt, nev, current, init=None, per_row=1):
+            items = len(nev)
+            if init is None:
+                init, per_row = current, 1
+            if dense.use(nev):
+                gather.last = "dense"
+                dense.run(dense_rows, ev_idx, ev_cnt, nev, current, init, per_row, n_out * n_cols)
+                return
+            gather.last = "scatter"
+            bands = min(g.out_h, tuning.splits(items))  # few items (batch 1): split their output rows too
+            K.gather_conv(ev_idx, ev_cnt, nev, seg, weight, init, per_row, current, g.src_w, g.src_c, g.crop_h,
+                          g.crop_w, pool_h, pool_w, grid_h, grid_w, g.out_h, g.out_w, g.out_c, g.k_h, g.k_w,
+                          g.stride_h, g.stride_w, g.pad_h, g.pad_w, bands)
+        gather.fuses_init = True
+        gather.last = "scatter"
+        return gather, (weight,)
+
+
+#: convolution kernels for groups-1, dilation-1 projections (``EVSIM_CONV_KERNEL``)
+CONV_KERNELS = ("auto", "gather", "scatter")
+#: "auto" gathers from sources with at least this many channels: an output pixel's visit of a
+#: source pixel costs about as much as a dozen events, so the gather pays when a pixel holds
+#: several events (measured, docs/performance.md: 16- and 32-channel sources are 1.5-2x faster
+#: scattered, 64 and more 1.5-2.5x faster gathered, at 10 % firing)
+GATHER_MIN_CHANNELS = 48
+
+
+def conv_kernel(src_c: int) -> str:
+    """The kernel of a groups-1, dilation-1 convolution from a source with ``src_c`` channels:
+    ``"gather"`` (output-stationary, SIMD accumulators) or ``"scatter"`` (event-major, the scalar
+    reference).  ``EVSIM_CONV_KERNEL=auto`` (default) chooses by :data:`GATHER_MIN_CHANNELS`."""
+    import os
+
+    name = os.environ.get("EVSIM_CONV_KERNEL", "auto").strip().lower() or "auto"
+    if name not in CONV_KERNELS:
+        raise ConversionError(describe("EVSIM_CONV_KERNEL", " or ".join(map(repr, CONV_KERNELS)), repr(name)))
+    if name == "auto":
+        return "gather" if src_c >= GATHER_MIN_CHANNELS else "scatter"
+    return name
 
 
 @dataclass
@@ -262,6 +331,27 @@ class DenseProjection(_WeightProjection):
     kind = "dense"
     scatter = "scatter_dense"
 
+    def prepare(self, cast):
+        from . import _kernels as K
+
+        weight = cast(self.weight)
+        dense = _DensePath("dense", self.source, weight.shape[0])
+
+        def dense_rows(ev_idx, ev_cnt, nev, lo, hi, start, out):
+            x = np.empty((hi - lo, weight.shape[0]), weight.dtype)
+            K.events_to_dense(ev_idx, ev_cnt, nev, lo, x)
+            np.add(start, x @ weight, out=out)
+
+        def scatter(ev_idx, ev_cnt, nev, current):
+            if dense.use(nev):
+                scatter.last = "dense"
+                dense.run(dense_rows, ev_idx, ev_cnt, nev, current, current, 1, weight.shape[0])
+                return
+            scatter.last = "scatter"
+            K.scatter_dense(ev_idx, ev_cnt, nev, weight, current)
+        scatter.last = "scatter"
+        return scatter, (weight,)
+
 
 @dataclass
 class CSRProjection(Projection):
@@ -281,6 +371,119 @@ class CSRProjection(Projection):
         def scatter(ev_idx, ev_cnt, nev, current):
             K.scatter_csr(ev_idx, ev_cnt, nev, indptr, indices, data, current)
         return scatter, (indptr, indices, data)
+
+
+def _conv_dense_rows(g: ConvGeometry, pool, chunks):
+    """The dense path of a convolution: ``rows(ev_idx, ev_cnt, nev, lo, hi, start, out)`` writes
+    ``out = start + conv(items lo..hi-1)`` as im2col straight from the events, then one GEMM per
+    chunk of output channels (``chunks``: ``(first channel, (k_h*k_w*src_c, width) matrix)``)."""
+    from . import _kernels as K
+
+    pool_h, pool_w = pool
+    grid_h, grid_w = -(-g.crop_h // pool_h), -(-g.crop_w // pool_w)
+    n_out, n_cols = g.out_h * g.out_w, g.k_h * g.k_w * g.src_c
+    dtype = chunks[0][1].dtype
+
+    def rows(ev_idx, ev_cnt, nev, lo, hi, start, out):
+        cols = np.empty((hi - lo, n_out, n_cols), dtype)
+        K.events_to_cols(ev_idx, ev_cnt, nev, lo, cols, g.src_w, g.src_c, g.crop_h, g.crop_w, pool_h, pool_w,
+                         grid_h, grid_w, g.out_h, g.out_w, g.k_h, g.k_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w)
+        out = out.reshape(hi - lo, n_out, g.out_c)
+        start = start.reshape(len(start), n_out, g.out_c)
+        for c_lo, w in chunks:
+            width = w.shape[1]
+            np.add(start[..., c_lo:c_lo + width], np.matmul(cols, w), out=out[..., c_lo:c_lo + width])
+    return rows
+
+
+def _chunks(out_c: int, flat: np.ndarray, n_cols: int) -> list:
+    """``(first channel, (n_cols, width) matrix view)`` of every chunk of a :func:`gather_layout` array."""
+    from ._kernels.gather import chunk_width
+
+    width = chunk_width(out_c, flat.itemsize)
+    out, offset = [], 0
+    for c_lo in range(0, out_c, width):
+        w = min(width, out_c - c_lo)
+        out.append((c_lo, flat[offset:offset + n_cols * w].reshape(n_cols, w)))
+        offset += n_cols * w
+    return out
+
+
+def dense_enabled() -> bool:
+    """Whether projections may switch to their dense path (``EVSIM_DENSE=0`` or ``--no-dense``: never)."""
+    import os
+
+    return os.environ.get("EVSIM_DENSE", "1").strip().lower() not in ("0", "no", "off", "false")
+
+
+#: event density (events / (items x source neurons)) from which a projection computes its currents
+#: densely (GEMM), per projection kind; measured with benchmarks/dense.py (docs/performance.md): on
+#: the 2-vCPU AVX-512 machine the event path of a convolution stays faster up to 80 % (the
+#: output-stationary kernel runs at ~18 GSOP/s per core, OpenBLAS sgemm at ~22 GMAC/s plus the
+#: im2col), so convolutions go dense only when (nearly) every neuron has an event: the analog
+#: input, whose every value is an event; a linear layer breaks even at 60-80 %
+DENSE_BREAK_EVEN = {"conv": 0.9, "dense": 0.7}
+
+
+class _DensePath:
+    """The adaptive dense path of one projection: the choice per call, and the parallel GEMM run.
+
+    A call whose event density reaches :data:`DENSE_BREAK_EVEN` is computed as GEMMs: items are
+    split over Numba's thread count of Python threads, each turning its events into a dense
+    operand (a Numba kernel, GIL released) and calling single-threaded BLAS (GIL released), so no
+    BLAS thread pool ever spins against Numba's workers.  Results equal the event path within
+    float rounding (a GEMM sums in its own order); exact-spike guarantees are the event path's.
+    """
+
+    def __init__(self, kind: str, source: str, n_src: int):
+        self.kind, self.source, self.n_src = kind, source, n_src
+
+    def use(self, nev) -> bool:
+        if not dense_enabled():
+            return False
+        items = len(nev)
+        return items > 0 and float(nev.sum()) >= DENSE_BREAK_EVEN[self.kind] * items * self.n_src
+
+    def run(self, rows, ev_idx, ev_cnt, nev, current, init, per_row, per_item_elements):
+        """``rows(ev_idx, ev_cnt, nev, lo, hi, start, out)`` over slices of items, in parallel threads;
+        ``start`` holds the init rows of items lo..hi-1."""
+        from .ann import blas_threads
+
+        items = len(nev)
+        # slices of at most ~2 MB of dense operand (it stays in L2 for its GEMM), at least one per thread
+        step = max(1, min(-(-items // _pool_threads()), (2 << 20) // max(1, per_item_elements * current.itemsize)))
+
+        def one(lo):
+            hi = min(items, lo + step)
+            if init is current:
+                start = current[lo:hi]
+            elif len(init) == 1:
+                start = init  # broadcast
+            else:
+                start = init[(np.arange(lo, hi) // per_row) % len(init)]
+            rows(ev_idx, ev_cnt, nev, lo, hi, start, current[lo:hi])
+
+        with blas_threads(1):
+            list(_pool().map(one, range(0, items, step)))
+
+
+_POOL = None
+
+
+def _pool_threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
+
+
+def _pool():
+    """A thread pool for the dense path (created once; as many threads as Numba's)."""
+    global _POOL
+    from concurrent.futures import ThreadPoolExecutor
+
+    if _POOL is None or _POOL._max_workers != _pool_threads():
+        _POOL = ThreadPoolExecutor(_pool_threads(), thread_name_prefix="evsim-dense")
+    return _POOL
 
 
 @dataclass

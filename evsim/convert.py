@@ -6,7 +6,7 @@ saved and simulated; :mod:`evsim.compile` turns it into sparse projections.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import numpy as np
@@ -125,7 +125,11 @@ def fold_batchnorm(graph: Graph) -> Graph:
     BatchNorms stay as per-channel affine nodes (the compiler carries them).
     Returns a new graph; the input is not modified.
     """
-    graph = copy.deepcopy(graph)
+    # copy the nodes, not the metadata: it is never changed here, and a deep copy of deeply
+    # nested metadata would recurse past Python's stack limit
+    graph = copy.copy(graph)
+    graph.nodes = [replace(n, attrs=copy.deepcopy(n.attrs), arrays=dict(n.arrays), array_names=dict(n.array_names))
+                   for n in graph.nodes]
     users = graph.consumers()
     renamed: dict[str, str] = {}
     nodes: list[Node] = []
@@ -140,8 +144,11 @@ def fold_batchnorm(graph: Graph) -> Graph:
             bias = prev.arrays.get("bias", np.zeros(len(scale)))
             dtype = np.result_type(prev.arrays["weight"], *p.values())
             w = prev.arrays["weight"]
-            prev.arrays["weight"] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(dtype)
-            prev.arrays["bias"] = ((bias - p["mean"]) * scale + p["beta"]).astype(dtype)
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                sigma = np.sqrt(p["var"].astype(dtype) + dtype.type(node.attrs["eps"]))  # as the ANN computes it
+                prev.arrays["weight"] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(dtype)
+                prev.arrays["bias"] = ((bias - p["mean"]) * scale + p["beta"]).astype(dtype)
+            _check_folded(graph.source, node, prev, sigma, dtype)
             prev.array_names.setdefault("bias", f"{prev.name}.bias")
             renamed[node.name] = prev.name
             continue
@@ -149,6 +156,25 @@ def fold_batchnorm(graph: Graph) -> Graph:
     graph.nodes = nodes
     graph.output = renamed.get(graph.output, graph.output)
     return validate(graph)
+
+
+def _check_folded(source: str, bn: Node, prev: Node, sigma: np.ndarray, dtype) -> None:
+    """Refuse a BatchNorm whose folding is not finite in the model's dtype, naming the user's arrays."""
+    where = f"{source}, node '{bn.name}'"
+    zero = np.flatnonzero(~(sigma > 0))
+    if zero.size:
+        raise ConversionError(describe(
+            where, f"var + eps > 0 in {np.dtype(dtype).name} for every channel",
+            f"0 for {zero.size} channel(s) (first: {zero[0]}; array '{bn.array_name('var')}' "
+            f"{float(bn.arrays['var'].flat[zero[0]]):g}, eps {bn.attrs['eps']:g})",
+            "use a larger eps (PyTorch's default is 1e-5) or store float64 arrays"))
+    for role in ("weight", "bias"):
+        bad = np.flatnonzero(~np.isfinite(prev.arrays[role]))
+        if bad.size:
+            raise ConversionError(describe(
+                where, f"folding into '{prev.name}' to give finite {np.dtype(dtype).name} {role}s",
+                f"{bad.size} overflow(s) in {role} (from '{prev.array_name('weight')}' times "
+                f"gamma/sqrt(var + eps) of this node)", "rescale the weights or store float64 arrays"))
 
 
 def convert(graph: Graph, options: ConversionOptions | None = None,

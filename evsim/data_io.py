@@ -1,45 +1,518 @@
 """Data files for simulation and calibration: ``.npz`` or ``.h5`` with ``x`` and optional ``y``.
 
-``x`` holds raw values of shape ``(N, *input.shape)`` (or ``(N, prod(input.shape))``,
-flattened channels first); the model's input preprocessing is applied later.  ``y``
-holds integer class labels of shape ``(N,)``.
+``x`` holds raw values of one of these shapes (the model's input preprocessing is applied
+later):
+
+* ``(N, *input.shape)`` — one static sample each (direct encoding);
+* ``(N, prod(input.shape))`` — the same, flattened channels first;
+* ``(N, T_data, *input.shape)`` — event frames: ``T_data`` input frames per sample (spike
+  input, e.g. from an event camera); :attr:`FileSource.frames` is ``T_data``.
+
+``y`` holds class labels of shape ``(N,)``: integers, or floats holding integers.
+
+Files are read lazily: :func:`open_data` looks only at the declared shapes and dtypes,
+and :meth:`FileSource.read` reads one slice of samples (an h5py slice, a memory-mapped
+stored ``.npz`` member, or a compressed member decompressed only up to the slice), so a
+file declaring millions of samples costs nothing until its samples are used.  Every slice
+is validated as it is read: finite values, labels checked on their raw values.
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, EvsimError, describe
-from .format import check_declared, read_npz_arrays
+from .errors import DataError, EvsimError, ResourceLimitError, describe
 from .graph import memory_limit
 
-__all__ = ["load_data", "check_data"]
+__all__ = ["open_data", "FileSource", "load_data", "check_data", "check_labels", "check_preprocessed",
+           "check_model_precision", "LAYOUTS"]
+
+#: sample layouts a file may use for (C, H, W) inputs -> axes that make it (C, H, W)
+LAYOUTS = {"nchw": None, "nhwc": (2, 0, 1)}
+_NUMERIC = "biuf"
+_CHUNK_BYTES = 1 << 24  # compressed .npz members are skipped forward in pieces of this size
 
 
-def _read(path: Path, limit: int) -> dict[str, np.ndarray]:
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        arrays = read_npz_arrays(path, limit)
-        return {key: arrays[key] for key in ("x", "y") if key in arrays}
-    if suffix in (".h5", ".hdf5"):
+# --------------------------------------------------------------------------- value checks (shared)
+def _check_finite(x: np.ndarray, source: str, start: int) -> None:
+    if x.dtype.kind != "f" or len(x) == 0:
+        return
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        raise DataError(describe(f"{source}, 'x'", "finite values",
+                                 f"NaN/inf in {int(bad.sum())} samples (first: index {start + int(np.argmax(bad))})"))
+
+
+def check_labels(y, n_classes: int | None, source: str = "data", start: int = 0) -> np.ndarray:
+    """Validate labels on their raw values and return them as int64.
+
+    Float labels must be finite whole numbers; every label must lie in
+    ``[0, n_classes)`` (``[0, 2**63)`` when ``n_classes`` is None).  Nothing is cast
+    before it is checked, so ``1e20`` is reported as ``1e+20``, not as a wrapped integer.
+
+    Raises
+    ------
+    DataError
+        Naming the first bad label, its sample index and the allowed range.
+    """
+    y = np.asarray(y)
+    where = f"{source}, 'y'"
+    if y.dtype.kind not in _NUMERIC:
+        raise DataError(describe(where, "integer class labels", f"dtype {y.dtype}"))
+    if y.size == 0:
+        return y.astype(np.int64)
+    upper = 2**63 if n_classes is None else int(n_classes)
+    allowed = f"labels in [0, {n_classes})" if n_classes is not None else "labels in [0, 2**63)"
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.floor(y)) | (y < 0) | (y >= float(upper))
+    elif y.dtype.kind == "u":
+        bad = y >= np.uint64(upper) if upper <= np.iinfo(y.dtype).max else np.zeros(y.shape, bool)
+    else:  # signed ints and bools
+        bad = (y < 0) | (y >= upper) if upper <= np.iinfo(np.int64).max else (y < 0)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        value = y[i].item()
+        found = f"label {value!r} at index {start + i}"
+        if y.dtype.kind == "f" and np.isfinite(value) and value != np.floor(value):
+            raise DataError(describe(where, "integer class labels", found))
+        raise DataError(describe(where, allowed, found, "labels must index the model's outputs"))
+    return y.astype(np.int64)
+
+
+def check_preprocessed(values: np.ndarray, dtype, source: str = "data", start: int = 0) -> None:
+    """Refuse preprocessed inputs that are not finite or overflow the simulation ``dtype``.
+
+    Call it on ``graph.input.preprocess(x)`` (float64) before casting to ``dtype``: a raw
+    value of 1e308, or one that ``scale``/``mean``/``std`` push past float32's range,
+    would otherwise become inf in the cast.
+
+    Raises
+    ------
+    DataError
+        Naming the first bad sample and the largest magnitude found.
+    """
+    values = np.asarray(values)
+    if len(values) == 0 or values.dtype.kind != "f":
+        return
+    top = float(np.finfo(dtype).max)
+    flat = values.reshape(len(values), -1)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(flat) <= top).all(axis=1)  # NaN compares False: caught too
+    if bad.any():
+        i = int(np.argmax(bad))
+        row = flat[i]
+        peak = float(np.max(np.abs(row[np.isfinite(row)]))) if np.isfinite(row).any() else float("nan")
+        found = (f"sample {start + i}: " + (f"a magnitude of {peak:.3g} after preprocessing"
+                 if np.isfinite(row).all() else "NaN/inf after preprocessing"))
+        raise DataError(describe(f"{source}, 'x'", f"inputs that stay within ±{top:.3g} ({np.dtype(dtype).name}) "
+                                 "after the model's scale/mean/std", found,
+                                 "check the data's units against input.scale, or use --precision float64"))
+
+
+def check_model_precision(graph, dtype) -> None:
+    """Refuse model arrays that the cast to the simulation ``dtype`` would turn into ±inf.
+
+    A float64 file may hold finite values beyond float32's range (weights near 1e39,
+    thresholds of 1e300); simulated at float32 they would silently become inf.  Call it
+    with the graph being simulated (after BatchNorm folding) and the simulation dtype.
+
+    Raises
+    ------
+    ArrayError
+        Naming the node and the array as they are in the user's file.
+    """
+    from .errors import ArrayError
+
+    top = float(np.finfo(dtype).max)
+    for node in graph.nodes:
+        for role, arr in node.arrays.items():
+            arr = np.asarray(arr)
+            if arr.size and arr.dtype.kind == "f" and arr.dtype.itemsize > np.dtype(dtype).itemsize:
+                peak = float(np.max(np.abs(arr)))
+                if peak > top:
+                    raise ArrayError(describe(
+                        f"{graph.source}, node '{node.name}', array '{node.array_name(role)}'",
+                        f"values within ±{top:.3g} to simulate in {np.dtype(dtype).name}", f"a magnitude of {peak:.3g}",
+                        "simulate with --precision float64, or rescale the model"))
+
+
+def _match_shape(shape: tuple, input_shape: tuple, layout: str, source: str) -> tuple[tuple | None, int | None]:
+    """How a declared ``x`` shape maps onto samples: (file sample shape, frames) or refusal."""
+    where = f"{source}, 'x'"
+    dims = ", ".join(map(str, input_shape))
+    expected = f"shape (N, {dims}) for this model (or (N, T, {dims}) event frames)"
+    if len(shape) == 0:
+        raise DataError(describe(where, expected, "a 0-d array (a single value)"))
+    sample = tuple(shape[1:])
+    layout_shape = input_shape
+    if LAYOUTS[layout] is not None and len(input_shape) == 3:
+        c, h, w = input_shape
+        layout_shape = (h, w, c)
+    if sample == layout_shape:
+        return sample, None
+    if len(input_shape) > 1 and sample == (int(np.prod(input_shape)),):
+        return sample, None
+    if len(sample) == len(layout_shape) + 1 and sample[1:] == layout_shape:
+        if sample[0] < 1:
+            raise DataError(describe(where, "at least one frame per sample", f"shape {tuple(shape)}"))
+        return sample, sample[0]
+    raise DataError(describe(where, expected, f"{tuple(shape)}",
+                             "the model's input.shape is one sample, channels first"
+                             + ("" if layout == "nhwc" or len(input_shape) != 3
+                                else " (channels-last data: layout='nhwc')")))
+
+
+# --------------------------------------------------------------------------- readers (one per container)
+class _H5Reader:
+    """h5py datasets ``x``/``y``, sliced on demand."""
+
+    def __init__(self, path: Path, limit: int):
         import h5py
 
-        out = {}
-        with h5py.File(path, "r") as f:
-            for key in ("x", "y"):
-                if key in f:
-                    ds = f[key]
-                    if not isinstance(ds, h5py.Dataset):
-                        raise DataError(describe(f"{path}, '{key}'", "a dataset", "a group"))
-                    check_declared(path, key, ds.shape, ds.dtype, limit)
-                    out[key] = np.asarray(ds[()])
-        return out
-    raise DataError(describe(str(path), "a data file ending in .npz, .h5 or .hdf5", repr(path.suffix or "none")))
+        self.file = h5py.File(path, "r")
+        self.arrays = {}
+        for key in ("x", "y"):
+            link = self.file.get(key, getlink=True)
+            if link is None:
+                continue
+            if isinstance(link, h5py.ExternalLink):
+                raise DataError(describe(f"{path}, '{key}'", "a dataset stored in the file", "an external link"))
+            ds = self.file[key]
+            if not isinstance(ds, h5py.Dataset):
+                raise DataError(describe(f"{path}, '{key}'", "a dataset", "a group"))
+            if ds.chunks is not None and np.prod(ds.chunks, dtype=np.float64) * ds.dtype.itemsize > limit:
+                raise ResourceLimitError(describe(f"{path}, '{key}'", f"chunks of at most {limit} bytes "
+                                                  "(EVSIM_MEMORY_LIMIT)", f"chunks of shape {ds.chunks}"))
+            self.arrays[key] = ds
+
+    def info(self, key):
+        ds = self.arrays.get(key)
+        return None if ds is None else (tuple(ds.shape), ds.dtype)
+
+    def read(self, key, start, stop):
+        ds = self.arrays[key]
+        return np.asarray(ds[()] if ds.shape == () else ds[start:stop])
+
+    def close(self):
+        self.file.close()
 
 
-def load_data(path, input_shape, n_classes: int | None = None, samples: int | None = None):
-    """Read and check a data file.
+class _NpzReader:
+    """``.npy`` members of a zip: memory-mapped when stored, streamed when compressed."""
+
+    def __init__(self, path: Path, limit: int):
+        self.path, self.limit = path, limit
+        self.zip = zipfile.ZipFile(path)
+        self.members, self.streams, self.maps = {}, {}, {}
+        for key in ("x", "y"):
+            try:
+                info = self.zip.getinfo(key + ".npy")
+            except KeyError:
+                continue
+            with self.zip.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0,
+                          (3, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if reader is None:
+                    raise DataError(describe(f"{path}, '{key}'", ".npy format 1.0, 2.0 or 3.0", f"{version}"))
+                shape, fortran, dtype = reader(member)
+                offset = member.tell()
+            self.members[key] = (info, tuple(shape), bool(fortran), dtype, offset)
+
+    def info(self, key):
+        member = self.members.get(key)
+        return None if member is None else (member[1], member[3])
+
+    def _mapped(self, key):
+        if key not in self.maps:
+            self.maps[key] = self._map(key)
+        return self.maps[key]
+
+    def _map(self, key):
+        info, shape, fortran, dtype, offset = self.members[key]
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            return None
+        with open(self.path, "rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise DataError(describe(f"{self.path}, '{key}'", "a zip member with a local header", "none"))
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + \
+            int.from_bytes(local[28:30], "little") + offset
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if start + nbytes > self.path.stat().st_size:
+            raise DataError(describe(f"{self.path}, '{key}'", f"{nbytes} bytes of data", "a truncated file"))
+        if nbytes == 0:
+            return np.zeros(shape, dtype)
+        return np.memmap(self.path, dtype=dtype, mode="r", offset=start, shape=shape, order="F" if fortran else "C")
+
+    def read(self, key, start, stop):
+        info, shape, fortran, dtype, offset = self.members[key]
+        if shape == ():
+            with self.zip.open(info) as member:
+                return np.lib.format.read_array(member, allow_pickle=False)
+        mapped = self._mapped(key)
+        if mapped is not None:
+            return np.array(mapped[start:stop])
+        if fortran:  # rows are not contiguous: the whole member, within the limit
+            nbytes = float(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if nbytes > self.limit:
+                raise ResourceLimitError(describe(f"{self.path}, '{key}'", "a C-ordered compressed array, or one "
+                                                  f"of at most {self.limit} bytes (Fortran order is read whole)",
+                                                  f"{nbytes:.3g} bytes"))
+            with self.zip.open(info) as member:
+                return np.lib.format.read_array(member, allow_pickle=False)[start:stop]
+        row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        stream, position = self.streams.get(key, (None, 0))
+        if stream is None or position > start:
+            if stream is not None:
+                stream.close()
+            stream = self.zip.open(info)
+            stream.seek(offset)  # zipfile seeks forward by decompressing
+            position = 0
+        skip = (start - position) * row
+        while skip > 0:
+            got = len(stream.read(min(skip, _CHUNK_BYTES)))
+            if got == 0:
+                break
+            skip -= got
+        want = (stop - start) * row
+        data = stream.read(want)
+        if len(data) != want:
+            raise DataError(describe(f"{self.path}, '{key}'", f"{shape[0]} samples", "a truncated member"))
+        self.streams[key] = (stream, stop)
+        return np.frombuffer(data, dtype=dtype).reshape((stop - start,) + shape[1:]).copy()
+
+    def close(self):
+        for stream, _ in self.streams.values():
+            stream.close()
+        self.streams.clear()
+        self.maps.clear()
+        self.zip.close()
+
+
+#: container registry: file extension -> reader class
+READERS = {".npz": _NpzReader, ".h5": _H5Reader, ".hdf5": _H5Reader}
+
+
+def _unreadable(path, exc: BaseException) -> EvsimError:
+    if isinstance(exc, MemoryError):
+        from .format import out_of_memory
+
+        return ResourceLimitError(out_of_memory(str(path), exc))
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DataError(describe(str(path), "a readable data file", f"an unreadable one ({reason})"))
+
+
+# --------------------------------------------------------------------------- the lazy source
+class FileSource:
+    """Samples of a data file, read and validated a slice at a time.
+
+    Built by :func:`open_data`.  Attributes: ``path``, ``input_shape``, ``n`` (samples
+    available, after ``samples=``), ``has_labels``, ``frames`` (``T_data`` for event-frame
+    data, else None), ``n_classes``, ``layout``.  Picklable: a copy re-opens the file by path
+    (the file handle is never pickled), so it can be sent to worker processes.
+    """
+
+    def __init__(self, path, input_shape, n_classes: int | None = None, samples: int | None = None,
+                 layout: str = "nchw"):
+        self.path = Path(path)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.n_classes = None if n_classes is None else int(n_classes)
+        self.layout = layout
+        self._samples = samples
+        self._reader = None
+        self._describe()
+
+    # -- opening
+    def _open(self):
+        if self._reader is None:
+            limit = memory_limit()  # outside the try: a bad EVSIM_MEMORY_LIMIT has its own message
+            try:
+                self._reader = READERS[self.path.suffix.lower()](self.path, limit)
+            except EvsimError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - numpy/h5py/zipfile raise many types for a bad file
+                raise _unreadable(self.path, exc) from None
+        return self._reader
+
+    def _describe(self) -> None:
+        src = str(self.path)
+        if self.layout not in LAYOUTS:
+            raise DataError(describe(src, "layout " + " or ".join(map(repr, LAYOUTS)), repr(self.layout)))
+        if self.path.suffix.lower() not in READERS:
+            raise DataError(describe(src, "a data file ending in .npz, .h5 or .hdf5",
+                                     repr(self.path.suffix or "none")))
+        if not self.path.is_file():
+            raise DataError(describe(src, "an existing data file", "nothing at that path"))
+        samples = self._samples
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, np.integer))
+                                    or samples < 1):
+            raise DataError(describe(src, "--samples an integer >= 1", repr(samples)))
+        try:
+            self._check_declared(self._open(), src, samples)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_declared(self, reader, src: str, samples) -> None:
+        x_info, y_info = reader.info("x"), reader.info("y")
+        if x_info is None:
+            raise DataError(describe(src, "an array 'x' of inputs", "none", "store inputs under the key 'x'"))
+        shape, dtype = x_info
+        if dtype.kind not in _NUMERIC or dtype.hasobject:
+            raise DataError(describe(f"{src}, 'x'", "numeric values", f"dtype {dtype}"))
+        self._file_sample, self.frames = _match_shape(shape, self.input_shape, self.layout, src)
+        total = shape[0]
+        if total == 0:
+            raise DataError(describe(f"{src}, 'x'", "at least one sample", "none"))
+        self.has_labels = y_info is not None
+        if y_info is not None:
+            y_shape, y_dtype = y_info
+            if y_dtype.kind not in _NUMERIC or y_dtype.hasobject:
+                raise DataError(describe(f"{src}, 'y'", "integer class labels", f"dtype {y_dtype}"))
+            if y_shape != (total,):
+                raise DataError(describe(f"{src}, 'y'", f"labels of shape ({total},), one per sample of 'x'",
+                                         f"{y_shape}" + (" (a single value)" if y_shape == () else "")))
+        self.n = int(total if samples is None else min(int(samples), total))
+        self.dtype = dtype
+        self._sample_bytes = float(np.prod(self._file_sample, dtype=np.float64)) * dtype.itemsize
+
+    # -- reading
+    def read(self, start: int, stop: int):
+        """Samples ``[start, stop)``: ``(x, y)``, validated.
+
+        Returns
+        -------
+        x : ndarray, (B, *input_shape) or (B, frames, *input_shape)
+            Raw values in the file's dtype (native byte order), channels first.
+        y : ndarray of int64, (B,), or None
+
+        Raises
+        ------
+        DataError
+            A bad range, non-finite values, or a bad label (with its sample index).
+        ResourceLimitError
+            A slice larger than ``EVSIM_MEMORY_LIMIT`` (read fewer samples at a time).
+        """
+        src = str(self.path)
+        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
+                and 0 <= start < stop <= self.n):
+            raise DataError(describe(src, f"a sample range within [0, {self.n})", f"[{start}, {stop})"))
+        return self._read(int(start), int(stop), labels=True)
+
+    def _read(self, start: int, stop: int, labels: bool):
+        src = str(self.path)
+        limit = memory_limit()
+        need = (stop - start) * self._sample_bytes
+        if need > limit:
+            raise ResourceLimitError(describe(
+                src, f"slices of at most {limit} bytes (EVSIM_MEMORY_LIMIT)",
+                f"{stop - start} samples of {self._sample_bytes:.3g} bytes = {need:.3g} bytes",
+                "use a smaller --batch-size or fewer --samples"))
+        reader = self._open()
+        try:
+            x = reader.read("x", start, stop)
+            y = reader.read("y", start, stop) if labels and self.has_labels else None
+        except EvsimError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise _unreadable(self.path, exc) from None
+        x = self._to_model_layout(x)
+        _check_finite(x, src, start)
+        if y is not None:
+            y = check_labels(y, self.n_classes, src, start)
+        return x, y
+
+    def _to_model_layout(self, x: np.ndarray) -> np.ndarray:
+        if not x.dtype.isnative:
+            x = x.astype(x.dtype.newbyteorder("="))
+        lead = (len(x),) if self.frames is None else (len(x), self.frames)
+        axes = LAYOUTS[self.layout]
+        if axes is not None and len(self.input_shape) == 3:
+            c, h, w = self.input_shape
+            x = x.reshape(lead + (h, w, c)).transpose(tuple(range(len(lead))) + tuple(len(lead) + a for a in axes))
+        return np.ascontiguousarray(x.reshape(lead + self.input_shape))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index):
+        """``source[a:b]``: the inputs ``x`` of those samples (a step-1 slice), read now; labels untouched."""
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise DataError(describe(str(self.path), "a slice source[a:b] of samples", repr(index)))
+        start, stop, _ = index.indices(self.n)
+        if stop <= start:
+            return np.zeros((0,) + ((self.frames,) if self.frames else ()) + self.input_shape, self.dtype)
+        return self._read(start, stop, labels=False)[0]
+
+    # -- lifetime and pickling
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_reader"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        frames = f", frames={self.frames}" if self.frames else ""
+        return f"FileSource({str(self.path)!r}, n={self.n}, input_shape={self.input_shape}{frames})"
+
+
+def open_data(path, input_shape, n_classes: int | None = None, samples: int | None = None,
+              layout: str = "nchw") -> FileSource:
+    """Open a data file lazily: only declared shapes and dtypes are read now.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.npz``, ``.h5`` or ``.hdf5`` with ``x`` and optional ``y``.
+    input_shape : tuple of int
+        The model's ``input.shape`` (one sample, channels first).
+    n_classes : int, optional
+        Number of outputs; labels must lie in ``[0, n_classes)``.
+    samples : int, optional
+        Use only the first ``samples`` samples (``--samples``); the rest is never read.
+    layout : {"nchw", "nhwc"}
+        How the file stores (C, H, W) samples; ``"nhwc"`` (channels last) is transposed
+        on reading.
+
+    Returns
+    -------
+    FileSource
+
+    Raises
+    ------
+    DataError
+        Missing file or ``x``, non-numeric dtype, shapes that do not fit the model, ``y``
+        not one label per sample.
+    """
+    return FileSource(path, input_shape, n_classes, samples, layout)
+
+
+def load_data(path, input_shape, n_classes: int | None = None, samples: int | None = None, *,
+              labels: bool = True, layout: str = "nchw"):
+    """Read and check a data file (only the first ``samples`` samples are read).
 
     Parameters
     ----------
@@ -50,10 +523,15 @@ def load_data(path, input_shape, n_classes: int | None = None, samples: int | No
         Number of outputs; labels must lie in ``[0, n_classes)``.
     samples : int, optional
         Use only the first ``samples`` samples.
+    labels : bool
+        False: do not read ``y`` at all (calibration needs inputs only); ``y`` is None.
+    layout : {"nchw", "nhwc"}
+        How ``x`` stores images: channels first (evsim's layout) or channels last (Keras/TF
+        data); ``nhwc`` data is transposed to channels first as it is read.
 
     Returns
     -------
-    x : ndarray, (N, *input_shape)
+    x : ndarray, (N, *input_shape) (or (N, T_data, *input_shape) for event frames)
     y : ndarray of int64, (N,), or None
 
     Raises
@@ -61,31 +539,31 @@ def load_data(path, input_shape, n_classes: int | None = None, samples: int | No
     DataError
         Unreadable file, missing ``x``, wrong shapes, non-finite values, bad labels.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(describe(str(path), "an existing data file", "nothing at that path"))
-    try:
-        arrays = _read(path, memory_limit())
-    except EvsimError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - numpy/h5py/zipfile raise many types for a bad file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(describe(str(path), "a readable data file", f"an unreadable one ({reason})")) from None
-    if "x" not in arrays:
-        raise DataError(describe(str(path), "an array 'x' of inputs", "none", "store inputs under the key 'x'"))
-    if samples is not None:
-        if samples < 1:
-            raise DataError(describe(str(path), "--samples >= 1", str(samples)))
-        arrays = {k: v[:samples] for k, v in arrays.items()}
-    return check_data(arrays["x"], arrays.get("y"), input_shape, n_classes, source=str(path))
+    with open_data(path, input_shape, n_classes, samples, layout=layout) as source:
+        return source.read(0, source.n) if labels else (source[0:source.n], None)
 
 
 def check_data(x, y, input_shape, n_classes: int | None = None, source: str = "data"):
-    """Validate in-memory inputs and labels (see :func:`load_data`)."""
-    x = np.asarray(x)
+    """Validate in-memory inputs and labels (see :func:`load_data`); returns ``(x, y)``.
+
+    ``x`` of shape ``(N, prod(input_shape))`` is reshaped to ``(N, *input_shape)``.
+    ``x`` may also be a :class:`FileSource` of static samples (``y`` None): it is returned
+    as is, to be sliced (``x[a:b]``, validated as read) by code that streams over it, such
+    as calibration.
+    """
     input_shape = tuple(input_shape)
-    if x.dtype.kind not in "biuf":
+    if isinstance(x, FileSource):
+        if x.input_shape != input_shape or x.frames is not None or y is not None:
+            found = (f"event frames ({x.frames} per sample)" if x.frames is not None else
+                     "labels passed beside it" if y is not None else f"a source for input shape {x.input_shape}")
+            raise DataError(describe(f"{source}, {x.path}", f"static samples of shape {input_shape}", found))
+        return x, None
+    x = np.asarray(x)
+    if x.dtype.kind not in _NUMERIC:
         raise DataError(describe(f"{source}, 'x'", "numeric values", f"dtype {x.dtype}"))
+    if x.ndim == 0:
+        raise DataError(describe(f"{source}, 'x'", f"shape (N, {', '.join(map(str, input_shape))}) for this model",
+                                 "a 0-d array (a single value)"))
     if x.ndim == 2 and x.shape[1:] == (int(np.prod(input_shape)),) and len(input_shape) > 1:
         x = x.reshape((len(x),) + input_shape)
     if x.shape[1:] != input_shape:
@@ -93,24 +571,10 @@ def check_data(x, y, input_shape, n_classes: int | None = None, source: str = "d
                                  f"{x.shape}", "the model's input.shape is one sample, channels first"))
     if len(x) == 0:
         raise DataError(describe(f"{source}, 'x'", "at least one sample", "none"))
-    if x.dtype.kind == "f":
-        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-        if bad.any():
-            raise DataError(describe(f"{source}, 'x'", "finite values",
-                                     f"NaN/inf in {int(bad.sum())} samples (first: index {int(np.argmax(bad))})"))
+    _check_finite(x, source, 0)
     if y is None:
         return x, None
     y = np.asarray(y)
     if y.shape != (len(x),):
         raise DataError(describe(f"{source}, 'y'", f"labels of shape ({len(x)},)", f"{y.shape}"))
-    if y.dtype.kind == "f":
-        if not (np.isfinite(y).all() and np.all(y == np.round(y))):
-            raise DataError(describe(f"{source}, 'y'", "integer class labels", "non-integer values"))
-    elif y.dtype.kind not in "iub":
-        raise DataError(describe(f"{source}, 'y'", "integer class labels", f"dtype {y.dtype}"))
-    y = y.astype(np.int64)
-    if len(y) and (y.min() < 0 or (n_classes is not None and y.max() >= n_classes)):
-        bad = int(y.min()) if y.min() < 0 else int(y.max())
-        raise DataError(describe(f"{source}, 'y'", f"labels in [0, {n_classes})", f"label {bad}",
-                                 "labels must index the model's outputs"))
-    return x, y
+    return x, check_labels(y, n_classes, source)

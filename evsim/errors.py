@@ -15,6 +15,9 @@ them into a single clean line and a non-zero exit code in one place
     ├── ConversionError         an ANN that cannot become an SNN as it stands
     │   └── UnknownNeuronError  a neuron model nobody registered (a missing plugin)
     ├── CalibrationError        calibration asked for something it cannot do
+    ├── CheckpointError         a checkpoint directory written by a different run (model, data, settings)
+    ├── ClusterError            a Dask cluster that cannot be reached or lost the work
+    ├── OutputError             an output path evsim will not replace (directory, device, FIFO)
     └── MissingDependencyError  an optional extra (matplotlib, torch ...) is not installed
 
 Messages follow one pattern: *where* (file, node), *what was expected*, *what was
@@ -35,9 +38,17 @@ __all__ = [
     "ConversionError",
     "UnknownNeuronError",
     "CalibrationError",
+    "CheckpointError",
+    "ClusterError",
+    "OutputError",
     "MissingDependencyError",
     "describe",
+    "truncate",
 ]
+
+#: longest piece of a message (where / expected / found / fix) before it is cut; a value
+#: echoed from a file (a name, a string of 10**6 characters) must not flood the terminal
+MAX_PIECE = 200
 
 
 class EvsimError(Exception):
@@ -84,12 +95,39 @@ class UnknownNeuronError(ConversionError):
     """A neuron model that is not registered (built-in, ``register_neuron`` or entry point)."""
 
 
+class CheckpointError(EvsimError):
+    """A checkpoint directory cannot be used for this run (written by a different model, data or settings)."""
+
+
+class ClusterError(EvsimError):
+    """A Dask cluster cannot be reached, has no workers, or lost a task more often than allowed."""
+
+
+class OutputError(EvsimError):
+    """An output path is not a regular file or a new name (a directory, device, FIFO, socket)."""
+
+
 class MissingDependencyError(EvsimError):
     """A feature needs an optional extra that is not installed."""
 
 
+def truncate(text, limit: int = MAX_PIECE) -> str:
+    """``text`` cut to about ``limit`` characters, saying how long it was.
+
+    >>> truncate("A" * 1000, 20)
+    'AAAAAAAAAAAAAAAAAAAA… (1000 characters in all)'
+    """
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters in all)"
+
+
 def describe(where: str, expected: str, found: str | None = None, fix: str | None = None) -> str:
     """Build an error message: ``where: expected X, found Y; fix.``
+
+    Each piece is cut to :data:`MAX_PIECE` characters (paths: 4 times that) by
+    :func:`truncate`, so a value echoed from a file keeps the message one short line.
 
     Parameters
     ----------
@@ -102,9 +140,9 @@ def describe(where: str, expected: str, found: str | None = None, fix: str | Non
     fix : str, optional
         How the user can fix it.
     """
-    text = f"{where}: expected {expected}"
+    text = f"{truncate(where, 4 * MAX_PIECE)}: expected {truncate(expected)}"
     if found is not None:
-        text += f", found {found}"
+        text += f", found {truncate(found)}"
     if fix:
-        text += f"; {fix}"
+        text += f"; {truncate(fix)}"
     return text

@@ -14,18 +14,23 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import signal
+import stat
+import threading
 import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .errors import ArrayError, ContainerError, EvsimError, ManifestError, ResourceLimitError, describe
+from .errors import (ArrayError, ContainerError, EvsimError, ManifestError, OutputError, ResourceLimitError,
+                     describe, truncate)
+from .h5guard import check_string_attribute
 from .graph import OPS, Graph, InputSpec, Node, memory_limit, validate
 
 __all__ = ["load", "save", "read_container", "read_npz_arrays", "write_container", "graph_from_manifest",
-           "manifest_from_graph", "atomic_write"]
+           "manifest_from_graph", "atomic_write", "output_target"]
 
 FORMAT_NAME = "evsim-model"
 FORMAT_VERSION = 1
@@ -35,6 +40,9 @@ H5_GROUP = "arrays"
 _TOP_KEYS = {"format", "version", "kind", "input", "nodes", "output", "metadata"}
 _INPUT_KEYS = {"shape", "scale", "mean", "std"}
 _NODE_KEYS = {"name", "op", "inputs"}
+#: deepest nesting of lists/objects a manifest may have (metadata included): deeper JSON
+#: would make copying or printing the graph recurse past Python's stack limit
+MAX_NESTING = 64
 
 
 # --------------------------------------------------------------------------- containers
@@ -95,6 +103,7 @@ def _read_h5(path: Path, limit: int) -> tuple[str, dict[str, np.ndarray]]:
         if H5_MANIFEST not in f.attrs:
             raise ContainerError(describe(str(path), f"an HDF5 root attribute '{H5_MANIFEST}' holding the JSON manifest",
                                           "none", "is this an evsim model? see docs/format.md"))
+        check_string_attribute(f, path, H5_MANIFEST, limit)  # a corrupt heap would make libhdf5 spin
         text = f.attrs[H5_MANIFEST]
         if isinstance(text, np.ndarray) and text.shape == ():
             text = text.item()
@@ -160,15 +169,190 @@ def read_container(path, limit: int | None = None) -> tuple[str, dict[str, np.nd
     reader, _ = _container(path)
     if not path.is_file():
         raise ContainerError(describe(str(path), "an existing file", "nothing at that path"))
+    limit = memory_limit() if limit is None else limit
     try:
-        return reader(path, memory_limit() if limit is None else limit)
+        return reader(path, limit)
     except EvsimError:
         raise
+    except MemoryError as exc:  # numpy/h5py could not allocate what the file declares (within the limit)
+        raise ResourceLimitError(out_of_memory(str(path), exc)) from None
     except Exception as exc:  # noqa: BLE001 - zipfile/numpy/h5py raise many types for a bad file
         kind = "HDF5" if reader is _read_h5 else "npz (zip)"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ContainerError(describe(str(path), f"a readable {kind} file",
                                       f"a truncated, corrupted or foreign file ({reason})")) from None
+
+
+# --------------------------------------------------------------------------- atomic output
+#: temp files are ``.<name>.evsim-tmp-<pid>-<random><suffix>`` beside the output (the suffix
+#: keeps writers that look at it happy); the pid lets the next write find stale ones
+TEMP_MARK = ".evsim-tmp-"
+_TEMP_NAME_CHARS = 100  # the output's name is cut so that the temp name stays within NAME_MAX
+_pending: set[str] = set()  # temp files being written by this process
+_saved_handlers: dict[int, object] = {}
+_lock = threading.Lock()
+_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, n))
+
+
+def _remove_pending() -> None:
+    for tmp in list(_pending):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        _pending.discard(tmp)
+
+
+def _on_signal(signum, frame) -> None:
+    """Remove our temp files, then let the signal do what it would have done without us."""
+    previous = _saved_handlers.get(signum, signal.SIG_DFL)
+    if callable(previous):  # e.g. Python's SIGINT handler: raises KeyboardInterrupt, the write's cleanup runs
+        previous(signum, frame)
+        return
+    if previous == signal.SIG_IGN:
+        return
+    _remove_pending()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)  # die of the same signal (exit status 128 + signum)
+
+
+def _install_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers; the try/finally still cleans up
+    for signum in _SIGNALS:
+        if signum not in _saved_handlers:
+            _saved_handlers[signum] = signal.getsignal(signum)
+            signal.signal(signum, _on_signal)
+
+
+def _restore_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, previous in list(_saved_handlers.items()):
+        if signal.getsignal(signum) is _on_signal:
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        del _saved_handlers[signum]
+
+
+def _writer_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale(directory: Path, name: str) -> None:
+    """Delete temp files of ``name`` left by writers that no longer exist (killed by SIGKILL)."""
+    prefix = f".{name[:_TEMP_NAME_CHARS]}{TEMP_MARK}"
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        pid = entry.name[len(prefix):].split("-", 1)[0]
+        if pid.isascii() and pid.isdigit() and not _writer_alive(int(pid)):
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+
+
+def output_target(path) -> Path:
+    """The file a write to ``path`` replaces: symlinks followed; anything but a regular file refused.
+
+    Raises
+    ------
+    OutputError
+        ``path`` (or what it links to) is a directory, a device, a FIFO or a socket, or
+        ``path`` is a symlink to nothing.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path))  # a symlink is written through to the file it points to
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        if path.is_symlink():  # as the CLI's preflight: a dangling link would create a file somewhere else
+            raise OutputError(describe(str(path), "a regular file or a new name",
+                                       f"a symlink to {os.readlink(path)}, which does not exist",
+                                       "remove the link or create its target")) from None
+        return target
+    except OSError as exc:
+        raise OutputError(describe(str(path), "a path evsim can write", f"{exc.strerror or exc}")) from None
+    if not stat.S_ISREG(mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
+        via = f" (through the symlink to {target})" if path.is_symlink() else ""
+        raise OutputError(describe(str(path), "a regular file or a new name", f"{kind}{via}",
+                                   "choose a file name; evsim only replaces regular files"))
+    return target
+
+
+_FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket"}
+
+
+def atomic_write(path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` and rename the result onto ``path``; nothing is left half-written.
+
+    * Only a regular file (or nothing) is replaced: a directory, device, FIFO or socket at
+      ``path`` is an :class:`~evsim.errors.OutputError`.
+    * A symlink is written through: the file it points to is replaced, the link stays; a
+      dangling symlink is refused.
+    * The temp file ``.<name>.evsim-tmp-<pid>-<random><suffix>`` lives in the target's
+      directory and is removed on every exit path: exceptions, ``KeyboardInterrupt``, and
+      SIGTERM/SIGINT/SIGHUP (a handler removes it, then the signal takes its usual course).
+      One left by a SIGKILL is removed by the next write of the same output.
+    * The new file gets the mode of the file it replaces (else ``0666 & ~umask``).
+    """
+    target = output_target(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(target.parent, target.name)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_UMASK
+    with _lock:
+        for _ in range(100):
+            tmp = target.parent / (f".{target.name[:_TEMP_NAME_CHARS]}{TEMP_MARK}{os.getpid()}-"
+                                   f"{secrets.token_hex(4)}{target.suffix}")
+            try:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 100 collisions of 32 random bits
+            raise OutputError(describe(str(path), "a free temporary name", "none after 100 tries"))
+        if not _pending:
+            _install_handlers()
+        _pending.add(str(tmp))
+    try:
+        write(tmp)
+        os.chmod(tmp, mode)  # after writing: the mode may be read-only
+        os.replace(tmp, target)
+    finally:
+        with _lock:
+            _pending.discard(str(tmp))
+            if not _pending:
+                _restore_handlers()
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def out_of_memory(where: str, exc: BaseException) -> str:
+    """The message for an allocation that failed although the declared sizes were within the limit."""
+    reason = str(exc).splitlines()[0] if str(exc) else "MemoryError"
+    return describe(where, "enough free memory for the sizes it declares", f"out of memory ({truncate(reason)})",
+                    "free memory, or set EVSIM_MEMORY_LIMIT below what this machine can allocate so that such "
+                    "files are refused before reading")
 
 
 def _read_umask() -> int:
@@ -180,21 +364,6 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
-
-
-def atomic_write(path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` and rename the result to ``path``; nothing is left half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates the file 0600; give it the mode open() would
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_container(path, text: str, arrays: dict[str, np.ndarray]) -> None:
@@ -216,8 +385,12 @@ def graph_from_manifest(text: str, arrays: dict[str, np.ndarray], source: str = 
     """Parse and validate a manifest with its arrays into a :class:`Graph`."""
     try:
         manifest = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
         raise ManifestError(describe(f"{source}, manifest", "valid JSON", f"a syntax error ({exc})")) from None
+    depth = _nesting(manifest)
+    if depth > MAX_NESTING:
+        raise ManifestError(describe(f"{source}, manifest", f"JSON nested at most {MAX_NESTING} deep",
+                                     f"{depth} levels or more", "flatten the metadata"))
     _require(isinstance(manifest, dict), f"{source}, manifest", "a JSON object", type(manifest).__name__)
     _require(manifest.get("format") == FORMAT_NAME, f"{source}, manifest 'format'", repr(FORMAT_NAME),
              manifest.get("format"))
@@ -260,6 +433,19 @@ def graph_from_manifest(text: str, arrays: dict[str, np.ndarray], source: str = 
         raise ArrayError(describe(source, "every array to be named by a node",
                                   f"{len(unused)} unused: {', '.join(unused[:5])}", "remove them or reference them"))
     return graph
+
+
+def _nesting(value) -> int:
+    """How deep ``value`` nests lists and dicts, counted without recursion (stops past MAX_NESTING)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_NESTING:
+                break
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _node_from_json(raw, index: int, arrays: dict, used: set, source: str) -> Node:
@@ -320,20 +506,26 @@ def _json_default(value):
 
 
 # --------------------------------------------------------------------------- public API
-def load(path, limit: int | None = None) -> Graph:
-    """Load and validate an evsim model file (``.npz``, ``.h5`` or ``.hdf5``).
+def load(path, limit: int | None = None, **importer_options) -> Graph:
+    """Load and validate a model file: evsim format v1, or any format an importer reads.
+
+    The file's content, not its extension, selects the reader (:mod:`evsim.importers`): evsim
+    format v1 (``.npz``/``.h5``), and with the importers in ``evsim.converters`` ONNX and Keras.
 
     Parameters
     ----------
     path : str or Path
-        The model file; the container follows the extension.
+        The model file.
     limit : int, optional
         Bytes a model may declare (default: :func:`evsim.graph.memory_limit`).
+    **importer_options
+        Options of the importer that reads the file (e.g. ``activations=`` for custom layers).
 
     Returns
     -------
     Graph
-        The validated graph, every node's output shape filled in.
+        The validated graph, every node's output shape filled in; ``graph.importer`` names the
+        importer that read it.
 
     Raises
     ------
@@ -341,7 +533,16 @@ def load(path, limit: int | None = None) -> Graph:
         Any problem with the file, one line naming the file and node.
     evsim.errors.ResourceLimitError
         Declared sizes above the memory limit.
+    evsim.errors.ConversionError
+        A foreign model with a layer or op evsim cannot express.
     """
+    from .importers import read
+
+    return read(path, limit=limit, **importer_options)
+
+
+def read_v1(path, limit: int | None = None) -> Graph:
+    """Load and validate an evsim format v1 file (``.npz``, ``.h5`` or ``.hdf5``; container by extension)."""
     text, arrays = read_container(path, limit)
     return graph_from_manifest(text, arrays, source=str(path), limit=limit)
 

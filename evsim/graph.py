@@ -37,22 +37,37 @@ DEFAULT_MEMORY_LIMIT = 8 * 2**30
 
 
 def memory_limit() -> int:
-    """Bytes a model may declare before it is refused.
+    """Bytes a model, a data slice or a run may need before it is refused.
 
-    Read from the environment variable ``EVSIM_MEMORY_LIMIT`` (bytes, or with a
-    ``K``/``M``/``G`` suffix); defaults to 8 GiB.
+    Read from the environment variable ``EVSIM_MEMORY_LIMIT``: a positive, finite
+    number of bytes written in ASCII, optionally with a unit ``K``, ``M``, ``G`` or ``T``
+    (powers of 1024) and an optional ``B`` or ``iB`` (``4000000000``, ``512M``,
+    ``8G``, ``8GiB``, ``1.5GB``); unset or empty means the default, 8 GiB.
+
+    Raises
+    ------
+    ResourceLimitError
+        A value that is not such a byte count (``inf``, ``-1``, ``0``, ``lots``).
     """
-    text = os.environ.get("EVSIM_MEMORY_LIMIT", "").strip().upper()
+    import re
+
+    raw = os.environ.get("EVSIM_MEMORY_LIMIT", "")
+    text = raw.strip()
     if not text:
         return DEFAULT_MEMORY_LIMIT
-    factor = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1], 1)
-    digits = text[:-1] if text[-1] in "KMG" else text
-    try:
-        return int(float(digits) * factor)
-    except ValueError:
-        raise ResourceLimitError(
-            describe("EVSIM_MEMORY_LIMIT", "a byte count such as 4000000000 or 4G", repr(text))
-        ) from None
+    match = re.fullmatch(r"([0-9]{1,30}(?:\.[0-9]{1,30})?|\.[0-9]{1,30})\s*([KMGT]?)(I?B)?", text,
+                         re.IGNORECASE | re.ASCII)
+    factor = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    value = float(match.group(1)) * factor[match.group(2).upper()] if match and (
+        match.group(2) or not match.group(3) or match.group(3).upper() == "B") else 0.0
+    if not (1 <= value < 2**63):
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise ResourceLimitError(describe(
+            "environment variable EVSIM_MEMORY_LIMIT",
+            "a positive byte count, optionally with a unit K, M, G or T (powers of 1024) and B or iB, "
+            "e.g. 4000000000, 512M or 8G", repr(shown),
+            "fix the value, or unset EVSIM_MEMORY_LIMIT for the default of 8G"))
+    return int(value)
 
 
 # --------------------------------------------------------------------------- data classes
@@ -169,7 +184,7 @@ class Graph:
 
 
 # --------------------------------------------------------------------------- attribute parsing
-def _pair(value, *, minimum: int) -> tuple[int, int] | None:
+def _pair(value, *, minimum: int, maximum: int) -> tuple[int, int] | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -177,10 +192,15 @@ def _pair(value, *, minimum: int) -> tuple[int, int] | None:
     if (
         isinstance(value, (list, tuple))
         and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
+        and all(isinstance(v, int) and not isinstance(v, bool) and minimum <= v <= maximum for v in value)
     ):
         return (int(value[0]), int(value[1]))
     return None
+
+
+#: upper bound of every integer attribute (kernel, stride, padding, dilation, groups, levels):
+#: far above any real network, and small enough that no index computed from it can overflow
+MAX_INT_ATTR = 2**16
 
 
 @dataclass(frozen=True)
@@ -192,15 +212,16 @@ class Attr:
     required: bool = False
     minimum: float = 0
     choices: tuple = ()
+    maximum: int = MAX_INT_ATTR
 
     def parse(self, value, where: str, key: str):
         if self.kind == "pair":
-            parsed = _pair(value, minimum=int(self.minimum))
-            expected = f"an integer >= {self.minimum} or a pair of them"
+            parsed = _pair(value, minimum=int(self.minimum), maximum=self.maximum)
+            expected = f"an integer in {self.minimum}..{self.maximum} or a pair of them"
         elif self.kind == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= self.minimum
+            ok = isinstance(value, int) and not isinstance(value, bool) and self.minimum <= value <= self.maximum
             parsed = int(value) if ok else None
-            expected = f"an integer >= {self.minimum}"
+            expected = f"an integer in {self.minimum}..{self.maximum}"
         elif self.kind == "float":
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             parsed = float(value) if ok and value > self.minimum else None
@@ -209,7 +230,9 @@ class Attr:
             parsed = value if value in self.choices else None
             expected = "one of " + ", ".join(map(repr, self.choices))
         if parsed is None:
-            raise ManifestError(describe(f"{where}, attribute '{key}'", expected, repr(value)))
+            text = repr(value)
+            raise ManifestError(describe(f"{where}, attribute '{key}'", expected,
+                                         text if len(text) <= 80 else text[:77] + "..."))
         return list(parsed) if isinstance(parsed, tuple) else parsed
 
 

@@ -334,7 +334,8 @@ def get_model(name: str, where: str = "neuron model") -> NeuronModel:
         model = _find(name)
     if model is None:
         known = ", ".join(m.name for m in MODELS.values())
-        broken = f" (plugin '{name}' failed to load: {_broken[name]})" if name in _broken else ""
+        broken = f" (plugin '{name}' failed to load: {_broken[name]})" if isinstance(name, str) and name in _broken \
+            else ""
         raise UnknownNeuronError(describe(
             where, f"a registered neuron model ({known})", _short(name) + broken,
             "install or import the plugin that registers it (evsim.register_neuron, or an entry point in "

@@ -155,9 +155,9 @@ register_op(OpSpec(
 # --------------------------------------------------------------------------- batchnorm and scale
 def _batchnorm_forward(node: Node, x):
     p, v = node.arrays, x[0]
-    scale = p["gamma"] / np.sqrt(p["var"] + node.attrs["eps"])
+    scale = p["gamma"] / np.sqrt(p["var"].astype(np.float64) + node.attrs["eps"])  # eps may vanish in float32
     shift = p["beta"] - p["mean"] * scale
-    return v * _channel(scale.astype(v.dtype), v.ndim) + _channel(shift.astype(v.dtype), v.ndim)
+    return ann.channel_affine(v, scale, shift)  # v * scale + shift per channel, one pass
 
 
 def _scale_columns(op, scale):
@@ -173,7 +173,8 @@ def _scale_columns(op, scale):
 
 def _batchnorm_compose(op, node, structural, index):
     p = node.arrays
-    scale = np.ones(len(p["gamma"])) if structural else p["gamma"] / np.sqrt(p["var"] + node.attrs["eps"])
+    scale = np.ones(len(p["gamma"])) if structural else \
+        p["gamma"] / np.sqrt(p["var"].astype(np.float64) + node.attrs["eps"])
     return _scale_columns(op, scale)
 
 
@@ -229,7 +230,7 @@ def _pool_compose(divide: bool):
 
 def _pool_sum(node: Node, x):
     a = node.attrs
-    return ann.windows(x[0], a["kernel"], a["stride"], a["padding"]).sum(axis=(4, 5))
+    return ann.pool_sum(x[0], a["kernel"], a["stride"], a["padding"])
 
 
 def _avgpool_forward(node: Node, x):
@@ -336,7 +337,7 @@ def _parse_neuron(node: Node, where: str) -> None:
     attrs = dict(node.attrs)
     if "model" not in attrs:
         raise ManifestError(describe(where, "attribute 'model' (the neuron model)", "none"))
-    model = get_model(attrs.pop("model"), where)
+    model = get_model(attrs.pop("model"), f"{where}, attribute 'model'")
     parsed = {"model": model.name}
     reset = attrs.pop("reset", None)
     if model.resets:

@@ -1,9 +1,9 @@
 """Simulation results, the energy model, and the JSON report.
 
 All figures are **per sample** (averaged over the simulated samples), as totals over
-the T steps and per time-step.  Energy follows methods.md section 5:
-``E_SNN = SOPs·E_AC + first-layer MACs·E_MAC`` (the analog first layer is evaluated at
-every step) and ``E_ANN = all MACs·E_MAC``.
+the T steps and per time-step.  Energy is :mod:`evsim.energy`'s: exact counts times the
+per-operation energies of one or more device models; with the default model it is
+methods.md section 5's ``E_SNN = SOPs·E_AC + first-layer MACs·T·E_MAC``, ``E_ANN = all MACs·E_MAC``.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import energy as _energy
+from .energy import EnergyModel
 from .errors import ConversionError, describe
 from .format import atomic_write
 
@@ -21,40 +23,12 @@ __all__ = ["EnergyModel", "ENERGY_PRESETS", "LayerStats", "Results", "BatchResul
 COUNTERS = ("spikes", "events", "sops")
 
 
-@dataclass(frozen=True)
-class EnergyModel:
-    """Energy per operation, in picojoules.
-
-    Attributes
-    ----------
-    e_mac_pj : float
-        One multiply-accumulate (analog first layer, and every ANN MAC).
-    e_ac_pj : float
-        One accumulate (one synaptic operation).
-    name, source : str
-        Preset name and where the constants come from.
-    """
-
-    e_mac_pj: float = 4.6
-    e_ac_pj: float = 0.9
-    name: str = "45nm-fp32"
-    source: str = "Horowitz, ISSCC 2014: 45 nm CMOS, fp32 mult 3.7 pJ + add 0.9 pJ"
-
-    @classmethod
-    def preset(cls, name: str) -> "EnergyModel":
-        try:
-            return ENERGY_PRESETS[name]
-        except KeyError:
-            raise ConversionError(describe("energy preset", "one of " + ", ".join(ENERGY_PRESETS),
-                                           repr(name))) from None
+#: the three 45 nm presets of methods.md section 5, now entries of :mod:`evsim.energy`'s registry
+ENERGY_PRESETS = {name: _energy.get_energy_model(name) for name in ("45nm-fp32", "45nm-int32", "45nm-int8")}
 
 
-#: Horowitz (ISSCC 2014), 45 nm: MAC = multiply + add of the same width
-ENERGY_PRESETS = {
-    "45nm-fp32": EnergyModel(),
-    "45nm-int32": EnergyModel(3.2, 0.1, "45nm-int32", "Horowitz, ISSCC 2014: 45 nm CMOS, int32 mult 3.1 pJ + add 0.1 pJ"),
-    "45nm-int8": EnergyModel(0.23, 0.03, "45nm-int8", "Horowitz, ISSCC 2014: 45 nm CMOS, int8 mult 0.2 pJ + add 0.03 pJ"),
-}
+def _default_energy() -> EnergyModel:
+    return _energy.get_energy_model(_energy.DEFAULT_ENERGY_MODEL)
 
 
 @dataclass
@@ -155,8 +129,11 @@ class RunPlan:
     layers: list  # [(population name, neurons)]
     first_layer_macs: int
     ann_macs: int
-    energy: EnergyModel = field(default_factory=EnergyModel)
+    energy: EnergyModel = field(default_factory=_default_energy)
     settings: dict = field(default_factory=dict)
+    #: every energy model to report (the first is ``energy``) and what the counts need of the network
+    energy_models: tuple = ()
+    costs: _energy.NetworkCosts | None = None
 
     def shards(self, size: int | None = None) -> list[tuple[int, int]]:
         """Sample ranges ``[start, stop)`` of at most ``size`` (default: the batch size)."""
@@ -183,6 +160,8 @@ class Results:
     ann_macs : int
         MACs of the whole ANN for one sample.
     energy : EnergyModel
+        The first energy model (``energy_snn_pj`` / ``energy_ann_pj``); ``energy_models`` holds
+        every model reported, ``costs`` what the energy counts need of the network.
     settings : dict
         Every setting used (model, T, precision, neuron model, ...).
     timing : dict
@@ -205,6 +184,8 @@ class Results:
     #: exact totals: population -> counter -> (T,) int64 summed over all samples
     counts: dict = field(default_factory=dict)
     correct: np.ndarray | None = None
+    energy_models: tuple = ()
+    costs: _energy.NetworkCosts | None = None
 
     @classmethod
     def reduce(cls, partials, plan: RunPlan) -> "Results":
@@ -228,7 +209,8 @@ class Results:
                                      (c["sops"] / n).tolist()))
         accuracy = None if whole.correct is None else (whole.correct / n).tolist()
         return cls(T, n, accuracy, whole.predictions, layers, plan.first_layer_macs, plan.ann_macs, plan.energy,
-                   dict(plan.settings), {}, None, whole.layers, whole.correct)
+                   dict(plan.settings), {}, None, whole.layers, whole.correct,
+                   plan.energy_models or (plan.energy,), plan.costs)
 
     @property
     def sops(self) -> float:
@@ -249,17 +231,30 @@ class Results:
         return self.first_layer_macs * self.T
 
     @property
-    def energy_snn_pj(self) -> float:
-        return self.sops * self.energy.e_ac_pj + self.macs * self.energy.e_mac_pj
+    def energy_counts(self) -> "_energy.CountTable":
+        """Exact operation counts of the run (:func:`evsim.energy.count_table`)."""
+        if self.costs is None:
+            raise ConversionError(describe("results", "the network's costs (evsim.energy.NetworkCosts)", "none",
+                                           "plan the run with evsim.engine.plan_run"))
+        return _energy.count_table(self.counts, self.costs, self.T, self.samples)
 
     @property
-    def energy_ann_pj(self) -> float:
-        return self.ann_macs * self.energy.e_mac_pj
+    def energy_pj(self) -> dict:
+        """``totals.energy_pj`` of the report: the first model's snn / ann / snn_per_step, and ``by_model``."""
+        return _energy.energy_report(self.energy_counts, self.energy_models or (self.energy,))
+
+    @property
+    def energy_snn_pj(self) -> float:
+        return _energy.estimate(self.energy_counts, self.energy)["snn"]
+
+    @property
+    def energy_ann_pj(self) -> float | None:
+        """E_ANN on the first model (None if it has no MAC energy)."""
+        return _energy.estimate(self.energy_counts, self.energy)["ann"]
 
     def energy_snn_at(self, t: int) -> float:
         """E_SNN per sample had the run stopped after ``t`` steps."""
-        sops = sum(self.sops_per_step[:t])
-        return sops * self.energy.e_ac_pj + self.first_layer_macs * t * self.energy.e_mac_pj
+        return _energy.estimate(self.energy_counts, self.energy, steps=t)["snn"]
 
     def to_dict(self) -> dict:
         """The JSON report (see ``docs/usage.md``)."""
@@ -271,8 +266,8 @@ class Results:
             "macs": self.macs,
             "first_layer_macs_per_step": self.first_layer_macs,
             "ann_macs": self.ann_macs,
-            "energy_pj": {"snn": self.energy_snn_pj, "ann": self.energy_ann_pj,
-                          "snn_per_step": [self.energy_snn_at(t + 1) for t in range(self.T)]},
+            "energy_pj": self.energy_pj,
+            "counts": self.energy_counts.to_dict(),
         }
         return {
             "evsim_report": 1,
@@ -280,10 +275,11 @@ class Results:
             "samples": self.samples,
             "T": self.T,
             "accuracy": self.accuracy,
+            "accuracy_unit": "fraction",  # accuracy and ann_accuracy lie in [0, 1]
             "ann_accuracy": self.ann_accuracy,
             "layers": [asdict(layer) for layer in self.layers],
             "totals": totals,
-            "energy_model": asdict(self.energy),
+            "energy_model": self.energy.to_dict(),
             "timing": self.timing,
         }
 

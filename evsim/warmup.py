@@ -9,14 +9,17 @@ cache is keyed on the kernel source, the argument types and the CPU.
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .convert import ConversionOptions, convert
 from .graph import Graph, InputSpec, Node, validate
 
-__all__ = ["warm_up", "cache_directory"]
+__all__ = ["warm_up", "warm_up_steps", "WarmupReport", "cache_directory", "kernel_counts"]
 
 
 def cache_directory() -> str:
@@ -67,30 +70,117 @@ def _tiny_anns() -> list[Graph]:
             validate(Graph(InputSpec((1, 4, 4)), vector, "sum"))]
 
 
-def _variants() -> list[ConversionOptions]:
-    """One conversion per registered neuron model (plugins included) and per reset rule it has:
-    every layer kernel a simulation can use."""
-    from .neurons import available_models
+@dataclass
+class WarmupReport:
+    """What :func:`warm_up` did.
 
-    out = []
-    for model in available_models():
-        for reset in model.resets or (None,):
-            out.append(ConversionOptions(model.name, reset=reset))
-    return out
+    Attributes
+    ----------
+    cache : str
+        Where Numba stores the compiled kernels.
+    compiled, loaded : int
+        Kernel specialisations (one per kernel and argument types) compiled now, and
+        loaded from the on-disk cache.  Specialisations already in memory count as neither.
+    compile_s, total_s : float
+        Seconds Numba spent compiling, and in all.
+    kernels : dict
+        Kernel name -> (compiled, loaded).
+    """
+
+    cache: str
+    compiled: int = 0
+    loaded: int = 0
+    compile_s: float = 0.0
+    total_s: float = 0.0
+    kernels: dict = field(default_factory=dict)
 
 
-def warm_up() -> str:
-    """Compile (or load from cache) all kernels for both precisions; return the cache directory."""
+def kernel_dispatchers() -> dict:
+    """Every Numba kernel of the engine: name -> dispatcher."""
+    from numba.core.registry import CPUDispatcher
+
+    from ._kernels import neurons, pooling, scatter, stats
+
+    found = {}
+    for module in (neurons, pooling, scatter, stats):
+        for name, obj in vars(module).items():
+            if isinstance(obj, CPUDispatcher):
+                found.setdefault(getattr(obj.py_func, "__name__", name), obj)
+    try:  # layer kernels generated around the neuron models' step functions (issue 11)
+        from ._kernels import factory
+    except ImportError:
+        factory = None
+    for kernel in getattr(factory, "_KERNELS", {}).values():
+        found.setdefault(getattr(kernel.py_func, "__name__", repr(kernel)), kernel)
+    return found
+
+
+def kernel_counts() -> dict[str, tuple[int, int]]:
+    """Per kernel: (specialisations compiled, loaded from the cache) in this process so far."""
+    return {name: (sum(k.stats.cache_misses.values()), sum(k.stats.cache_hits.values()))
+            for name, k in kernel_dispatchers().items()}
+
+
+def warm_up_steps() -> list[tuple[str, Callable[[], None]]]:
+    """The warm-up as (description, call) steps: every network x neuron model x precision x batch."""
     from .compile import compile_network
     from .engine import PRECISIONS, Simulator
 
-    for ann in _tiny_anns():
+    from .neurons import available_models
+
+    steps = []
+    variants = []  # every registered model (plugins included), with each of its reset rules
+    for model in available_models():
+        for reset in model.resets or (None,):
+            label = model.cli_name + (f", reset {reset}" if reset else "")
+            variants.append((label, ConversionOptions(model.name, reset=reset)))
+    for net_name, ann in zip(("image network", "vector network"), _tiny_anns()):
         x = np.random.default_rng(1).random((2,) + tuple(ann.input.shape))
-        for options in _variants():
-            network = compile_network(convert(ann, options))
-            record = tuple(p.name for p in network.populations)
-            for dtype in PRECISIONS.values():
-                sim = Simulator(network, dtype)
-                for batch in (1, 2):
-                    sim.run_batch(x[:batch], 2, record=record)
-    return cache_directory()
+        for label, options in variants:
+            for precision, dtype in PRECISIONS.items():
+                def step(ann=ann, options=options, dtype=dtype, x=x):
+                    network = compile_network(convert(ann, options))
+                    record = tuple(p.name for p in network.populations)
+                    sim = Simulator(network, dtype)
+                    for batch in (1, 2):
+                        sim.run_batch(x[:batch], 2, record=record)
+                steps.append((f"{net_name}, {label}, {precision}", step))
+    return steps
+
+
+def warm_up(progress: Callable[[str, int, int], None] | None = None) -> WarmupReport:
+    """Compile (or load from the cache) every kernel specialisation for both precisions.
+
+    Parameters
+    ----------
+    progress : callable, optional
+        Called as ``progress(description, done, total)`` before each step and once at the end.
+
+    Returns
+    -------
+    WarmupReport
+        Counts of kernel specialisations compiled vs loaded from the cache, truthfully:
+        a second warm-up compiles nothing.
+    """
+    from numba.core.event import TimingListener, install_listener
+
+    start = time.perf_counter()
+    steps = warm_up_steps()
+    before = kernel_counts()
+    with install_listener("numba:compile", TimingListener()) as timer:
+        for i, (description, step) in enumerate(steps):
+            if progress is not None:
+                progress(description, i, len(steps))
+            step()
+    if progress is not None:
+        progress("done", len(steps), len(steps))
+    after = kernel_counts()
+    report = WarmupReport(cache_directory(), compile_s=timer.duration if timer.done else 0.0,
+                          total_s=time.perf_counter() - start)
+    for name, (compiled, loaded) in after.items():
+        c0, l0 = before.get(name, (0, 0))
+        if compiled - c0 or loaded - l0:
+            report.kernels[name] = (compiled - c0, loaded - l0)
+    report.compiled = sum(c for c, _ in report.kernels.values())
+    report.loaded = sum(lo for _, lo in report.kernels.values())
+    return report

@@ -610,3 +610,270 @@ def reference_fanout(graph, source):
     if graph.output in values:
         fan += (values[graph.output].reshape(n_src, -1) != 0).sum(axis=1)
     return fan
+
+
+# =====================================================================================
+
+# NIR reference (issue 13)
+# ============================================================================================
+# A float64 simulation of a NIR graph, written from NIR's node definitions and the
+# discretisation of issue 13 alone (dt = 1): every node is evaluated on dense arrays at every
+# step, in an order found from the edges; several edges into one node are summed. Sample
+# shapes have no batch dimension, as in NIR. IF: ``v += r * I``; a spike (1) when
+# ``v > v_threshold`` (strictly); then ``v -= v_threshold`` (reset by subtraction) or
+# ``v = v_reset`` (reset to v_reset); ``v`` starts at 0. Reads nir objects, shares nothing with
+# evsim. Flat graphs only (no nested NIRGraph nodes).
+
+def _nir_pair(value):
+    value = np.asarray(value).reshape(-1)
+    return (int(value[0]), int(value[-1]))
+
+
+def _nir_windows(x, kh, kw, sh, sw, dh=1, dw=1):
+    """(B, C, H, W) already padded -> (B, C, Ho, Wo, kh, kw) windows."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    view = sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
+    return view[:, :, ::sh, ::sw, ::dh, ::dw]
+
+
+def _nir_conv(node, x):
+    weight = np.asarray(node.weight, np.float64)
+    c_out, cig, kh, kw = weight.shape
+    (sh, sw), (dh, dw) = _nir_pair(node.stride), _nir_pair(node.dilation)
+    groups = int(np.asarray(node.groups))
+    if isinstance(node.padding, str):
+        if node.padding == "valid":
+            pads = (0, 0, 0, 0)
+        else:  # 'same' (stride 1): PyTorch puts the odd pixel at the bottom / right
+            th, tw = dh * (kh - 1), dw * (kw - 1)
+            pads = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    else:
+        ph, pw = _nir_pair(node.padding)
+        pads = (ph, ph, pw, pw)
+    x = np.pad(x, ((0, 0), (0, 0), pads[:2], pads[2:]))
+    win = _nir_windows(x, kh, kw, sh, sw, dh, dw)
+    b, c, ho, wo = win.shape[:4]
+    win = win.reshape(b, groups, cig, ho, wo, kh, kw)
+    w = weight.reshape(groups, c_out // groups, cig, kh, kw)
+    out = np.einsum("bgihwkl,goikl->bgohw", win, w).reshape(b, c_out, ho, wo)
+    return out + np.asarray(node.bias, np.float64).reshape(1, -1, 1, 1)
+
+
+def _nir_pool(node, x, average):
+    (kh, kw), (sh, sw), (ph, pw) = _nir_pair(node.kernel_size), _nir_pair(node.stride), _nir_pair(node.padding)
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    out = _nir_windows(x, kh, kw, sh, sw).sum(axis=(4, 5))
+    return out / (kh * kw) if average else out
+
+
+def _nir_flatten(node, x):
+    shape = x.shape[1:]  # no batch dimension in NIR
+    start = int(node.start_dim) % len(shape)
+    end = int(node.end_dim) % len(shape)
+    new = shape[:start] + (int(np.prod(shape[start:end + 1])),) + shape[end + 1:]
+    return x.reshape((len(x),) + new)
+
+
+def _nir_affine(node, x, bias):
+    out = x @ np.asarray(node.weight, np.float64).T
+    return out + np.asarray(node.bias, np.float64) if bias else out
+
+
+_NIR_OPS = {
+    "Conv2d": _nir_conv,
+    "SumPool2d": lambda node, x: _nir_pool(node, x, average=False),
+    "AvgPool2d": lambda node, x: _nir_pool(node, x, average=True),
+    "Flatten": _nir_flatten,
+    "Affine": lambda node, x: _nir_affine(node, x, bias=True),
+    "Linear": lambda node, x: _nir_affine(node, x, bias=False),
+    "Scale": lambda node, x: x * np.asarray(node.scale, np.float64),
+}
+
+
+def _nir_order(graph):
+    """Node names in an order where every node comes after all its sources (Kahn)."""
+    sources = {name: [a for a, b in graph.edges if b == name] for name in graph.nodes}
+    order, done = [], set()
+    while len(order) < len(graph.nodes):
+        ready = [n for n in graph.nodes if n not in done and all(s in done for s in sources[n])]
+        assert ready, "the NIR graph has a cycle"
+        order += ready
+        done.update(ready)
+    return order, sources
+
+
+def nir_reference(graph, frames, reset="subtract", v0_half=False, T=None):
+    """Simulate a flat ``nir.NIRGraph`` on event frames in float64.
+
+    Parameters
+    ----------
+    graph : nir.NIRGraph
+        One Input node, one Output node, nodes among Conv2d, SumPool2d, AvgPool2d, Flatten,
+        Affine, Linear, Scale, IF.
+    frames : ndarray (B, T_data, *input shape)
+        Frame t is the input of step t; steps past T_data get no input.
+    reset : {"subtract", "zero"}
+        After a spike: ``v -= v_threshold``, or ``v = v_reset``.
+    v0_half : bool
+        Start at ``v_threshold / 2`` instead of 0.
+    T : int, optional
+        Steps (default T_data).
+
+    Returns
+    -------
+    dict with ``counts``: IF node name -> (T, B, *shape) int64 spikes; ``output`` (B, F): the
+    Output's input summed over the T steps; ``predictions`` (B, T): argmax of that running sum
+    (lowest index on ties).
+    """
+    frames = np.asarray(frames, np.float64)
+    n, t_data = frames.shape[:2]
+    T = t_data if T is None else T
+    order, sources = _nir_order(graph)
+    kinds = {name: type(node).__name__ for name, node in graph.nodes.items()}
+    (inp,) = [k for k, v in kinds.items() if v == "Input"]
+    (out,) = [k for k, v in kinds.items() if v == "Output"]
+    state, counts = {}, {}
+    for name, node in graph.nodes.items():
+        if kinds[name] == "IF":
+            thr = np.asarray(node.v_threshold, np.float64)
+            state[name] = None if not v0_half else thr / 2
+            counts[name] = []
+    acc, predictions = None, np.zeros((n, T), np.int64)
+    for t in range(T):
+        values = {inp: frames[:, t] if t < t_data else np.zeros_like(frames[:, 0])}
+        for name in order:
+            if name == inp:
+                continue
+            x = sum(values[s] for s in sources[name][1:]) + values[sources[name][0]]
+            node = graph.nodes[name]
+            if kinds[name] == "IF":
+                r, thr = np.asarray(node.r, np.float64), np.asarray(node.v_threshold, np.float64)
+                v = np.zeros_like(x) if state[name] is None else np.broadcast_to(state[name], x.shape)
+                v = v + r * x
+                spike = v > thr
+                after = v - thr if reset == "subtract" else np.asarray(node.v_reset, np.float64)
+                state[name] = np.where(spike, after, v)
+                counts[name].append(spike.astype(np.int64))
+                values[name] = spike.astype(np.float64)
+            elif kinds[name] == "Output":
+                values[name] = x
+            else:
+                values[name] = _NIR_OPS[kinds[name]](node, x)
+        step = values[out].reshape(n, -1)
+        acc = step.copy() if acc is None else acc + step
+        predictions[:, t] = acc.argmax(axis=1)
+    return {"counts": {k: np.stack(v) for k, v in counts.items()}, "output": acc, "predictions": predictions}
+
+
+def simulate_reference_frames(graph, frames, T):
+    """Dense reference of an evsim SNN graph driven by event frames, in float64.
+
+    ``frames`` (B, T_data, *input.shape): frame t is the input value of step t (spike counts, no
+    preprocessing); steps t >= T_data get zeros. Returns the same dict as
+    :func:`simulate_reference` (no max-pooling gates here).
+    """
+    frames = np.asarray(frames, np.float64)
+    b, t_data = frames.shape[:2]
+    assert graph.input.scale is None and graph.input.mean is None and graph.input.std is None
+    state = {}
+    for n in graph.nodes:
+        assert n.op != "maxpool2d", "no gates in this reference"
+        if n.op == "neuron":
+            v0 = _broadcast_channel(np.asarray(n.arrays["v0"], np.float64), (b,) + n.shape)
+            state[n.name] = {"v": np.broadcast_to(v0, (b,) + n.shape).astype(np.float64),
+                             "net": np.zeros((b,) + n.shape, np.int64)}
+    counts = {n.name: np.zeros((T, b) + n.shape, np.int64) for n in graph.nodes if n.op == "neuron"}
+    acc = np.zeros((b, int(np.prod(graph.node(graph.output).shape))))
+    predictions = np.zeros((b, T), np.int64)
+    for t in range(T):
+        values = {"input": frames[:, t] if t < t_data else np.zeros_like(frames[:, 0])}
+        for n in graph.nodes:
+            ins = [values[i] for i in n.inputs]
+            if n.op == "neuron":
+                s = _neuron_ref(n, state[n.name]["v"] + ins[0], state[n.name])
+                counts[n.name][t] = s
+                values[n.name] = s * _broadcast_channel(_unit(n), s.shape)
+            else:
+                values[n.name] = _linear_op(n, ins)
+        acc += values[graph.output].reshape(b, -1)
+        predictions[:, t] = acc.argmax(axis=1)
+    return {"predictions": predictions, "counts": counts, "output": acc}
+
+def reference_counts(graph, ref, T):
+    """Operation counts of a dense reference run, straight from the definitions (docs/usage.md, "Energy").
+
+    Returns ``(layers, analog_macs, ann_macs)``: population -> {"spikes", "events", "sops",
+    "neuron_updates"} as (T,) totals over the batch (SOPs through max-pooling gates included;
+    neuron updates = members × neurons × samples at every step, members = τ for GN); the
+    MACs per sample of the conv/linear nodes that depend on the input only (the analog layer,
+    evaluated at every step); and the MACs per sample of every conv/linear node (the ANN).
+    A MAC count is output elements × fan-in, padded taps included (the frameworks' convention).
+    """
+    nodes = {n.name: n for n in graph.nodes}
+    spiking = {n.name for n in graph.nodes if n.op == "neuron"}
+
+    def depends_on_spikes(name):
+        return name in spiking or (name != "input" and any(depends_on_spikes(i) for i in nodes[name].inputs))
+
+    def macs(node):
+        weight = node.arrays["weight"]
+        fan_in = int(np.prod(weight.shape[1:]))
+        return int(np.prod(node.shape)) * fan_in if node.op == "conv2d" else int(weight.size)
+
+    analog = sum(macs(n) for n in graph.nodes if n.op in ("conv2d", "linear") and not depends_on_spikes(n.name))
+    ann = sum(macs(n) for n in graph.nodes if n.op in ("conv2d", "linear"))
+    layers = {}
+    for n in graph.nodes:
+        if n.op != "neuron":
+            continue
+        counts = ref["counts"][n.name]
+        b = counts.shape[1]
+        gates = [g.name for g in graph.nodes if g.op == "maxpool2d" and g.name in ref["counts"] and g.inputs[0] == n.name]
+        sops = np.zeros(T, np.int64)
+        for name in [n.name] + gates:
+            c = np.abs(ref["counts"][name]).reshape(T, b, -1)
+            sops += (c * reference_fanout(graph, name)).sum(axis=(1, 2))
+        layers[n.name] = {
+            "spikes": np.abs(counts).reshape(T, -1).sum(axis=1),
+            "events": (counts != 0).reshape(T, -1).sum(axis=1),
+            "sops": sops,
+            "neuron_updates": np.full(T, n.attrs.get("tau", 1) * int(np.prod(n.shape)) * b, np.int64),
+        }
+    return layers, analog, ann
+
+
+# ============================================================================================
+# Performance kernels (issue 19): output-stationary convolution, dense path, time blocks
+# ============================================================================================
+
+def gather_conv_ref(counts, weight, init, per_row, src_h, src_w, src_c, crop_h, crop_w, pool_h, pool_w,
+                    out_h, out_w, out_c, k_h, k_w, stride_h, stride_w, pad_h, pad_w):
+    """Twin of ``evsim._kernels.gather.gather_conv``: every item's currents start from its row of
+    ``init`` (row ``(i // per_row) % R``), then every event ``(n, k)`` in increasing ``n`` adds
+    ``k * weight[ky, kx, c, :]`` (rounded, then added, in the weight dtype) to every output its
+    pooled position reaches.  ``weight`` is (k_h, k_w, src_c, out_c); the sum pooling over
+    ``pool_h x pool_w`` blocks (cut at the crop) is applied position by position, not by summing
+    counts first."""
+    dtype = weight.dtype
+    items = counts.shape[0]
+    grid_h, grid_w = -(-crop_h // pool_h), -(-crop_w // pool_w)
+    current = np.array(init[(np.arange(items) // per_row) % init.shape[0]], dtype=dtype)
+    for i in range(items):
+        for n in np.flatnonzero(counts[i]):
+            k = dtype.type(counts[i, n])
+            y, x, c = n // (src_w * src_c), (n // src_c) % src_w, n % src_c
+            if y >= crop_h or x >= crop_w:
+                continue
+            gy, gx = y // pool_h, x // pool_w
+            for ky in range(k_h):
+                for kx in range(k_w):
+                    ty, tx = gy + pad_h - ky, gx + pad_w - kx
+                    if ty % stride_h or tx % stride_w:
+                        continue
+                    oy, ox = ty // stride_h, tx // stride_w
+                    if not (0 <= oy < out_h and 0 <= ox < out_w) or gy >= grid_h or gx >= grid_w:
+                        continue
+                    start = (oy * out_w + ox) * out_c
+                    current[i, start:start + out_c] += k * weight[ky, kx, c, :]
+    return current

@@ -40,14 +40,15 @@ def test_inspect_table(tmp_path, ext):
     assert rows["conv1"] == ["conv1", "conv2d", "4x6x6", "76", "2,592"]
     assert rows["pool1"] == ["pool1", "avgpool2d", "4x3x3", "0", "0"]
     assert rows["fc1"] == ["fc1", "linear", "10", "370", "360"]
-    assert lines[-1] == (f"total: {ANN_PARAMS:,} parameters, {ANN_MACS:,} MACs (conv/linear), "
+    assert lines[-1] == (f"total: {ANN_PARAMS:,} parameters (all stored array elements, incl. BatchNorm running "
+                         f"statistics; {ANN_PARAMS - 8:,} trainable), {ANN_MACS:,} MACs (conv/linear), "
                          f"{ANN_NEURONS:,} neurons")
 
 
 @pytest.mark.parametrize("ext", EXTS)
 @pytest.mark.parametrize("base, totals", [
-    (ann_model, {"macs": ANN_MACS, "params": ANN_PARAMS, "neurons": ANN_NEURONS}),
-    (snn_model, {"macs": SNN_MACS, "params": SNN_PARAMS, "neurons": SNN_NEURONS}),
+    (ann_model, {"macs": ANN_MACS, "params": ANN_PARAMS, "neurons": ANN_NEURONS, "trainable": ANN_PARAMS - 8}),
+    (snn_model, {"macs": SNN_MACS, "params": SNN_PARAMS, "neurons": SNN_NEURONS, "trainable": SNN_PARAMS}),
 ], ids=["ann", "snn"])
 def test_inspect_json(tmp_path, ext, base, totals):
     path = model_file(tmp_path, ext, base)

@@ -372,7 +372,7 @@ CASES = [
     Case("relu-in-snn", mutated(lambda m, a: (m["nodes"].insert(2, {"name": "r", "op": "relu", "inputs": ["n1"]}),
                                               node(m, "fc").update(inputs=["r"])) and None, "snn"),
          ManifestError, ("'r'", "relu")),
-    Case("gn-with-reset", setter(("n1", "model"), "gn", base="snn"), ManifestError, ("n1", "reset", "gn")),
+    Case("if-with-tau", setter(("n1", "tau"), 4, base="snn"), ManifestError, ("n1", "tau")),
     # input spec
     Case("input-shape-zero", setter(("input", "shape"), [0, 6, 6]), ManifestError, ("input.shape",)),
     Case("input-shape-negative", setter(("input", "shape"), [2, -6, 6]), ManifestError, ("input.shape",)),
@@ -473,7 +473,8 @@ def test_hand_written_ann(tmp_path, ext):
     assert graph.node("conv1").arrays["weight"].dtype == np.float32
     assert graph.node("fc1").arrays["weight"].dtype == np.float64
     totals = summarize(graph)["totals"]
-    assert totals == {"macs": ANN_MACS, "params": ANN_PARAMS, "neurons": ANN_NEURONS}
+    assert totals == {"macs": ANN_MACS, "params": ANN_PARAMS, "neurons": ANN_NEURONS,
+                      "trainable": ANN_PARAMS - 8}  # bn1 running mean and var are not trained
 
 
 @pytest.mark.parametrize("ext", EXTS)
@@ -482,7 +483,8 @@ def test_hand_written_snn(tmp_path, ext):
     graph = evsim.load(write_model(tmp_path / f"m{ext}", json.dumps(manifest), arrays))
     assert graph.kind == "snn" and graph.node("n1").shape == (3, 3, 3) and graph.node("fc").shape == (2,)
     assert graph.node("n1").attrs == {"model": "if", "reset": "subtract"}
-    assert summarize(graph)["totals"] == {"macs": SNN_MACS, "params": SNN_PARAMS, "neurons": SNN_NEURONS}
+    assert summarize(graph)["totals"] == {"macs": SNN_MACS, "params": SNN_PARAMS, "neurons": SNN_NEURONS,
+                                          "trainable": SNN_PARAMS}
 
 
 def test_contract_example_mnist(tmp_path):
@@ -520,6 +522,7 @@ def test_contract_example_mnist(tmp_path):
     assert summarize(g)["totals"] == {
         "macs": 8 * 24 * 24 * 25 + 32 * 1152 + 10 * 32,
         "params": 8 * 25 + 8 + 8 + 32 * 1152 + 32 + 10 * 32,
+        "trainable": 8 * 25 + 8 + 8 + 32 * 1152 + 32 + 10 * 32,  # no batchnorm: every element is trained
         "neurons": 8 * 24 * 24 + 32,
     }
     x = np.full((1, 1, 28, 28), 255.0)

@@ -18,10 +18,12 @@ Kernel signature (all arrays validated and laid out by the engine)::
 
     kernel(current (B, T, N), v0 (N,), theta (N,), params (P, N), lo, hi, reset_zero,
            bounds (K + 1,), fanout (N,), ev_idx (B, T, N), ev_cnt (B, T, N), nev (B, T, K),
-           stats (B, T, K, 3), v_final (B | 0, N))
+           stats (B, T, K, 3), v_final (B | 0, N), resume=False)
 
 ``theta`` and ``params`` are per neuron, in the dtype of ``current``; counts are clipped
-to ``[lo, hi]`` (a nan count becomes ``lo``).
+to ``[lo, hi]`` (a nan count becomes ``lo``).  ``v_final`` receives v after the last step;
+with ``resume`` the potentials start from ``v_final`` instead of ``v0`` (the next block of
+time-steps of the same samples: the engine processes long runs in blocks of steps).
 """
 import hashlib
 import types
@@ -101,7 +103,8 @@ _ADAPTERS = {(0, False): _adapt0, (1, False): _adapt1, (2, False): _adapt2, (3, 
              (4, True): _adapt4r, (5, True): _adapt5r, (6, True): _adapt6r}
 
 
-def _layer(current, v0, theta, params, lo, hi, reset_zero, bounds, fanout, ev_idx, ev_cnt, nev, stats, v_final):
+def _layer(current, v0, theta, params, lo, hi, reset_zero, bounds, fanout, ev_idx, ev_cnt, nev, stats, v_final,
+           resume=False):
     n_batch, n_steps, _ = current.shape
     n_parts = bounds.shape[0] - 1
     write_v = v_final.shape[0] == n_batch
@@ -118,7 +121,10 @@ def _layer(current, v0, theta, params, lo, hi, reset_zero, bounds, fanout, ev_id
             size = min(BLOCK, stop - o)
             vb, cn, th, fan = v[:size], counts[:size], theta[o:o + size], fanout[o:o + size]
             pb = params[:, o:o + size]
-            vb[:] = v0[o:o + size]
+            if resume and write_v:  # a later block of time-steps: carry on from v_final
+                vb[:] = v_final[b, o:o + size]
+            else:
+                vb[:] = v0[o:o + size]
             for t in range(n_steps):
                 x = current[b, t, o:o + size]
                 for j in range(size):  # the update: branch-free steps vectorise

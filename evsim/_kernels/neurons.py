@@ -64,22 +64,23 @@ def _per_neuron(values, n_neurons):
     return np.ascontiguousarray(np.tile(values, n_neurons // values.shape[0]))
 
 
-def if_run(current, v0, theta, reset_zero, bounds, fanout, ev_idx, ev_cnt, nev, stats, v_final):
+def if_run(current, v0, theta, reset_zero, bounds, fanout, ev_idx, ev_cnt, nev, stats, v_final, resume=False):
     """T steps of integrate-and-fire neurons (methods.md 2.1), per-channel ``theta`` (C,).
 
     Per step: ``h = v + x``; a neuron spikes (count 1) if ``h >= theta[c]``, then
     ``v = h - theta[c]`` (reset by subtraction) or ``v = 0`` (``reset_zero``); else ``v = h``.
     The kernel is the factory's (:func:`evsim._kernels.factory.layer_kernel`) around
     :func:`evsim._kernels.steps.if_step`; it measured as fast as the former hand-written one.
+    With ``resume`` the potentials start from ``v_final`` (a later block of time-steps).
     Other parameters: see the module docstring.
     """
     kernel = layer_kernel("if", steps.if_step, 0, True)
     n = current.shape[2]
     kernel(current, v0, _per_neuron(theta, n), np.zeros((0, n), current.dtype), 0, 1, bool(reset_zero), bounds,
-           fanout, ev_idx, ev_cnt, nev, stats, v_final)
+           fanout, ev_idx, ev_cnt, nev, stats, v_final, bool(resume))
 
 
-def gn_run(current, v0, theta_unit, tau, bounds, fanout, ev_idx, ev_cnt, nev, stats, v_final):
+def gn_run(current, v0, theta_unit, tau, bounds, fanout, ev_idx, ev_cnt, nev, stats, v_final, resume=False):
     """T steps of Group Neurons with ``tau`` members (methods.md 2.2), ``theta_unit`` (C,) = θ/τ.
 
     Member ``i`` (1..tau) fires if ``h >= i*theta_unit[c]``; the output count is the number of
@@ -90,11 +91,12 @@ def gn_run(current, v0, theta_unit, tau, bounds, fanout, ev_idx, ev_cnt, nev, st
     n = current.shape[2]
     params = np.full((1, n), tau, current.dtype)
     kernel(current, v0, _per_neuron(theta_unit, n), params, 0, int(tau), False, bounds, fanout, ev_idx, ev_cnt,
-           nev, stats, v_final)
+           nev, stats, v_final, bool(resume))
 
 
 @numba.njit(**PJIT)
-def signed_if_run(current, v0, theta, neg_threshold, bounds, fanout, ev_idx, ev_cnt, nev, stats, v_final):
+def signed_if_run(current, v0, theta, neg_threshold, bounds, fanout, ev_idx, ev_cnt, nev, stats, v_final,
+                  net_final=None, resume=False):
     """T steps of Fast-SNN signed IF neurons (methods.md 2.3), net spike count N(0) = 0.
 
     Per step: ``h = v + x``; if ``h >= theta[c]``: ``h -= theta[c]``, ``N += 1``, event +1;
@@ -103,6 +105,9 @@ def signed_if_run(current, v0, theta, neg_threshold, bounds, fanout, ev_idx, ev_
 
     Parameters are those of :func:`if_run`, with ``neg_threshold`` the negative threshold
     (-1e-3 in Fast-SNN), compared in the dtype of ``current``; counts are +1 or -1.
+    ``net_final`` (B, N) int64, optional, receives the net counts after the last step; with
+    ``resume`` (and both ``v_final`` and ``net_final`` given) v and N start from them instead of
+    ``v0`` and 0: the next block of time-steps of the same samples.
     """
     n_batch, n_steps, _ = current.shape
     n_channels = theta.shape[0]
@@ -126,6 +131,10 @@ def signed_if_run(current, v0, theta, neg_threshold, bounds, fanout, ev_idx, ev_
             vb, th, nt, sg, fan = v[:size], threshold[:size], net[:size], sign[:size], fanout[o:o + size]
             vb[:] = v0[o:o + size]
             nt[:] = 0
+            if net_final is not None:
+                if resume and write_v:
+                    vb[:] = v_final[b, o:o + size]
+                    nt[:] = net_final[b, o:o + size]
             for t in range(n_steps):
                 x = current[b, t, o:o + size]
                 for j in range(size):
@@ -161,6 +170,9 @@ def signed_if_run(current, v0, theta, neg_threshold, bounds, fanout, ev_idx, ev_
                 n_events[t] = m
             if write_v:
                 v_final[b, o:o + size] = vb
+            if net_final is not None:
+                if net_final.shape[0] == n_batch:
+                    net_final[b, o:o + size] = nt
         for t in range(n_steps):
             nev[b, t, k] = n_events[t]
             stats[b, t, k, 0] = n_events[t]

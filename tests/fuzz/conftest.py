@@ -1,0 +1,5 @@
+"""Make the fuzz helpers (corpus, harness) importable by the tests of this directory."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
