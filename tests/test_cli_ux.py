@@ -29,6 +29,7 @@ from evsim.cli.console import Console, escape
 from evsim.cli.main import main
 from evsim.cli.preflight import preflight_dir, preflight_output
 from evsim.format import write_container
+from plugin_dist import write_plugin_distribution
 
 DATA = files("evsim.data")
 QCFS, RELU, TEST, CALIB = (str(DATA / n) for n in ("mnist_qcfs.npz", "mnist_relu.npz", "mnist_test.npz",
@@ -498,31 +499,8 @@ def test_error_lines_are_cut(tmp_path):
 
 
 # --------------------------------------------------------------------------- issue 11: registry-driven options
-PLUGIN = '''
-import numba
-import evsim
-
-
-@numba.njit
-def step(v, current, theta, gain):
-    h = v + gain * current
-    s = 1 if h >= theta else 0
-    return h - s * theta, s
-
-
-def register():
-    evsim.register_neuron("gainif", step, params={"gain": 2.0}, doc="h = v + gain x")
-'''
-
-
 def test_plugin_model_from_an_entry_point_is_a_cli_choice(tmp_path):
-    site = tmp_path / "site"
-    (site / "gainif_cli_plugin").mkdir(parents=True)
-    (site / "gainif_cli_plugin" / "__init__.py").write_text(PLUGIN)
-    info = site / "gainif_cli_plugin-1.0.dist-info"
-    info.mkdir()
-    info.joinpath("METADATA").write_text("Metadata-Version: 2.1\nName: gainif-cli-plugin\nVersion: 1.0\n")
-    info.joinpath("entry_points.txt").write_text("[evsim.neurons]\ngainif = gainif_cli_plugin:register\n")
+    site = write_plugin_distribution(tmp_path / "site", "gainif_cli_plugin")
     env = {"PYTHONPATH": str(site)}
     assert "gainif (gain, default 2.0)" in " ".join(cli("run", "--help", env=env).stdout.split())
     done = cli("run", QCFS, "--data", TEST, *SMALL, "--neuron", "gainif", "--neuron-param", "gain=1.5", "--json",
