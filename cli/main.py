@@ -177,13 +177,15 @@ def _n_classes(graph) -> int:
     return n
 
 
-def read_inputs(path, graph, samples: int | None, labels: bool = True, option: str = "--samples"):
+def read_inputs(path, graph, samples: int | None, labels: bool = True, option: str = "--samples",
+                layout: str = "nchw"):
     """Inputs (and labels) of a data file for ``graph``; a one-line warning when
     ``samples`` asks for more than the file has."""
     from evsim.data_io import load_data
 
     # only the samples used are read (issue 17): a file may declare millions
-    x, y = load_data(path, graph.input.shape, _n_classes(graph) if labels else None, samples, labels=labels)
+    x, y = load_data(path, graph.input.shape, _n_classes(graph) if labels else None, samples, labels=labels,
+                     layout=layout)
     if samples is not None:
         if samples > len(x):
             get_console().warn(f"{option} {samples:,}: {escape(path)} has {len(x):,} samples; using {len(x):,}")
@@ -411,7 +413,7 @@ def build_run_request(ctx: click.Context, p: dict) -> RunRequest:
     report = None
     if p["report"] is not None and p["report"] != STDOUT:
         report = preflight_output(p["report"], "--report", inputs=(p["model"], p["data"]))
-    extra = {"cluster": _cluster(p), "shard_size": p["shard_size"], "checkpoint": None}
+    extra = {"cluster": _cluster(p), "shard_size": p["shard_size"], "checkpoint": None, "layout": p["layout"]}
     if extra["cluster"] is not None:  # before any work: without the extra, say how to install it
         from evsim.distributed import ENV_SCHEDULER, require_dask
 
@@ -442,7 +444,7 @@ def execute_run(request: RunRequest, console: Console):
 
     if request.extra.get("cluster") is not None or request.extra.get("checkpoint") is not None:
         return execute_sharded_run(request, console)
-    x, y = read_inputs(request.data, request.graph, request.samples)
+    x, y = read_inputs(request.data, request.graph, request.samples, layout=request.extra["layout"])
     options = request.options()
     _watch_jit(console)
     with console.task("simulating", total=len(x), unit="samples") as task:
@@ -471,7 +473,8 @@ def execute_sharded_run(request: RunRequest, console: Console):
 
     cluster, shard_size, checkpoint = (request.extra[k] for k in ("cluster", "shard_size", "checkpoint"))
     graph = request.graph
-    source = open_data(request.data, graph.input.shape, _n_classes(graph), samples=request.samples)
+    source = open_data(request.data, graph.input.shape, _n_classes(graph), samples=request.samples,
+                       layout=request.extra["layout"])
     if request.samples is not None and request.samples > source.n:
         console.warn(f"--samples {request.samples:,}: {escape(request.data)} has {source.n:,} samples; "
                      f"using {source.n:,}")
@@ -530,6 +533,8 @@ def execute_sharded_run(request: RunRequest, console: Console):
               help="Write the JSON report here ('-': print it on stdout instead of the tables).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of the tables.")
 @click.option("--no-ann", is_flag=True, help="Do not evaluate the ANN's accuracy (ANN models).")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
+              help="How the data file stores images: channels first, or channels last (Keras/TF data).")
 @click.option("--no-dense", is_flag=True, help="Never switch a projection to its dense (GEMM) path.")
 @click.option("--time-block", type=click.IntRange(min=1), default=None,
               help="Time-steps simulated per block (default: chosen from EVSIM_MEMORY_LIMIT and the batch).")
@@ -713,6 +718,8 @@ def _theta_text_summary(t: dict) -> str:
               help="Use only the first N calibration samples.")
 @click.option("--data-samples", type=StrictInt(1, LIMITS["samples"]), default=None,
               help="Samples of the one batch used by --potential data / --bias-calibration (default 128).")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
+              help="How the data file stores images: channels first, or channels last (Keras/TF data).")
 @click.option("--include-zeros", is_flag=True,
               help="Count zero activations in the percentile (default: non-zero only, as SNN Toolbox).")
 @click.option("--keep-lambda", is_flag=True, help="With --threshold: keep trained QCFS λ, calibrate relu only.")
@@ -745,7 +752,8 @@ def convert(ctx, **p):
     request = neuron_request(p["neuron"], p["neuron_params"], p["tau"], None, p["reset"])
     x = None
     if p["calib_data"] is not None:
-        x, _ = read_inputs(p["calib_data"], graph, p["calib_samples"], labels=False, option="--calib-samples")
+        x, _ = read_inputs(p["calib_data"], graph, p["calib_samples"], labels=False, option="--calib-samples",
+                           layout=p["layout"])
     if p["potential"] == "data" or p["bias_calibration"]:
         _watch_jit(console)
     label = "calibrating and converting" if x is not None else "converting"

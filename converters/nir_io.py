@@ -45,7 +45,6 @@ import json
 import math
 from pathlib import Path
 
-import numba
 import numpy as np
 
 from evsim.errors import (ContainerError, ConversionError, GraphError, ManifestError, MissingDependencyError,
@@ -64,7 +63,6 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # =========================================================================================
 # the neuron model
 # =========================================================================================
-@numba.njit(nogil=True, cache=True, error_model="numpy")
 def nir_if_step(v, current, theta, r, v_reset, inclusive, reset_zero):
     """One step of NIR's IF neuron (dt = 1): ``h = v + r*I``; spike if ``h > θ`` (``>=`` if
     ``inclusive``); then ``v = h - θ``, or ``v = v_reset`` with ``reset_zero``.  Branch-free
@@ -73,6 +71,22 @@ def nir_if_step(v, current, theta, r, v_reset, inclusive, reset_zero):
     spike = (h >= theta) if inclusive else (h > theta)
     after = v_reset if reset_zero else h - theta
     return (after if spike else h), (1 if spike else 0)
+
+
+class _LazyStep:
+    """``nir_if_step`` jitted on first use, so that reading or inspecting a file never imports Numba."""
+
+    py_func = nir_if_step
+
+    def __init__(self):
+        self._jitted = None
+
+    def resolve(self):
+        if self._jitted is None:
+            import numba
+
+            self._jitted = numba.njit(nogil=True, cache=True, error_model="numpy")(nir_if_step)
+        return self._jitted
 
 
 def register():
@@ -87,7 +101,7 @@ def register():
     if model is not None:
         return model
     return neurons.register_neuron(
-        NIR_MODEL, nir_if_step, params={
+        NIR_MODEL, _LazyStep(), params={
             "r": neurons.Param(1.0, doc="input resistance: v += r*I"),
             "v_reset": neurons.Param(0.0, doc="potential after a spike with reset 'zero'"),
             "inclusive": neurons.Param(False, doc="fire at v >= θ (evsim's rule) instead of NIR's v > θ"),

@@ -511,7 +511,7 @@ def open_data(path, input_shape, n_classes: int | None = None, samples: int | No
 
 
 def load_data(path, input_shape, n_classes: int | None = None, samples: int | None = None, *,
-              labels: bool = True):
+              labels: bool = True, layout: str = "nchw"):
     """Read and check a data file (only the first ``samples`` samples are read).
 
     Parameters
@@ -525,6 +525,9 @@ def load_data(path, input_shape, n_classes: int | None = None, samples: int | No
         Use only the first ``samples`` samples.
     labels : bool
         False: do not read ``y`` at all (calibration needs inputs only); ``y`` is None.
+    layout : {"nchw", "nhwc"}
+        How ``x`` stores images: channels first (evsim's layout) or channels last (Keras/TF
+        data); ``nhwc`` data is transposed to channels first as it is read.
 
     Returns
     -------
@@ -536,7 +539,7 @@ def load_data(path, input_shape, n_classes: int | None = None, samples: int | No
     DataError
         Unreadable file, missing ``x``, wrong shapes, non-finite values, bad labels.
     """
-    with open_data(path, input_shape, n_classes, samples) as source:
+    with open_data(path, input_shape, n_classes, samples, layout=layout) as source:
         return source.read(0, source.n) if labels else (source[0:source.n], None)
 
 

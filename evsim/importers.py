@@ -175,7 +175,9 @@ def identify(path, head: bytes | None = None) -> Importer | None:
     """The importer whose ``sniff`` claims ``path``, or None."""
     path = Path(path)
     head = _head(path) if head is None else head
-    for importer in available_importers():
+    # the importers registered so far (format v1) first: an evsim file never loads the plug-ins
+    builtin = list(_REGISTRY.values())
+    for importer in builtin + [i for i in available_importers() if i not in builtin]:
         try:
             if importer.sniff(path, head):
                 return importer

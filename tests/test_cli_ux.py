@@ -29,12 +29,18 @@ from evsim.cli.console import Console, escape
 from evsim.cli.main import main
 from evsim.cli.preflight import preflight_dir, preflight_output
 from evsim.format import write_container
+from plugin_dist import write_plugin_distribution
 
 DATA = files("evsim.data")
 QCFS, RELU, TEST, CALIB = (str(DATA / n) for n in ("mnist_qcfs.npz", "mnist_relu.npz", "mnist_test.npz",
                                                     "mnist_calib.npz"))
 SMALL = ["--samples", "8", "-T", "2"]
 REPO = Path(__file__).resolve().parents[1]
+
+# The installed console script: ``python -m evsim.cli.main`` from the repository root would import the
+# source folder evsim/ (which has no cli/ inside) instead of the installed package.
+_SCRIPT = Path(sys.executable).with_name("evsim")
+EVSIM_COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "evsim.cli.main"]
 
 
 def invoke(*args, env=None):
@@ -44,7 +50,7 @@ def invoke(*args, env=None):
 def cli(*args, env=None, cwd=None, timeout=300, **kwargs):
     """``evsim ARGS`` in a fresh Python process."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "evsim.cli.main", *map(str, args)], capture_output=True,
+    return subprocess.run([*EVSIM_COMMAND, *map(str, args)], capture_output=True,
                           text=True, env=full_env, cwd=cwd, timeout=timeout, **kwargs)
 
 
@@ -225,7 +231,7 @@ class _Process:
     """evsim in a subprocess whose stderr is read as it comes."""
 
     def __init__(self, args, env):
-        self.proc = subprocess.Popen([sys.executable, "-m", "evsim.cli.main", *map(str, args)],
+        self.proc = subprocess.Popen([*EVSIM_COMMAND, *map(str, args)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
         self.err = b""
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -493,31 +499,8 @@ def test_error_lines_are_cut(tmp_path):
 
 
 # --------------------------------------------------------------------------- issue 11: registry-driven options
-PLUGIN = '''
-import numba
-import evsim
-
-
-@numba.njit
-def step(v, current, theta, gain):
-    h = v + gain * current
-    s = 1 if h >= theta else 0
-    return h - s * theta, s
-
-
-def register():
-    evsim.register_neuron("gainif", step, params={"gain": 2.0}, doc="h = v + gain x")
-'''
-
-
 def test_plugin_model_from_an_entry_point_is_a_cli_choice(tmp_path):
-    site = tmp_path / "site"
-    (site / "gainif_cli_plugin").mkdir(parents=True)
-    (site / "gainif_cli_plugin" / "__init__.py").write_text(PLUGIN)
-    info = site / "gainif_cli_plugin-1.0.dist-info"
-    info.mkdir()
-    info.joinpath("METADATA").write_text("Metadata-Version: 2.1\nName: gainif-cli-plugin\nVersion: 1.0\n")
-    info.joinpath("entry_points.txt").write_text("[evsim.neurons]\ngainif = gainif_cli_plugin:register\n")
+    site = write_plugin_distribution(tmp_path / "site", "gainif_cli_plugin")
     env = {"PYTHONPATH": str(site)}
     assert "gainif (gain, default 2.0)" in " ".join(cli("run", "--help", env=env).stdout.split())
     done = cli("run", QCFS, "--data", TEST, *SMALL, "--neuron", "gainif", "--neuron-param", "gain=1.5", "--json",

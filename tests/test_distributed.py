@@ -35,6 +35,11 @@ T, BATCH, SAMPLES = 4, 8, 64
 HOW = ("timing",)
 HOW_SETTINGS = ("shards", "runner", "checkpoint")
 
+# The installed console script: ``python -m evsim.cli.main`` from the repository root would import the
+# source folder evsim/ (which has no cli/ inside) instead of the installed package.
+_SCRIPT = Path(sys.executable).with_name("evsim")
+EVSIM_COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "evsim.cli.main"]
+
 
 def report(results) -> dict:
     """The JSON report without what differs between executions of the same run."""
@@ -344,7 +349,7 @@ def test_an_external_scheduler_and_workers_on_loopback(external_cluster, data, s
 
 # --------------------------------------------------------------------------- the command line
 def evsim_command(*args) -> list[str]:
-    return [sys.executable, "-m", "evsim.cli.main", *map(str, args)]
+    return [*EVSIM_COMMAND, *map(str, args)]
 
 
 def kill_group(proc):

@@ -22,6 +22,7 @@ import evsim
 import reference as ref
 from evsim.errors import ConversionError, ManifestError, UnknownNeuronError
 from netgen import random_inputs, random_network
+from plugin_dist import write_plugin_distribution
 
 SLOW = settings(deadline=None, max_examples=12, suppress_health_check=[HealthCheck.too_slow])
 
@@ -205,33 +206,10 @@ def test_register_neuron_validates_declarations():
 
 
 # --------------------------------------------------------------------------- entry points
-PLUGIN = '''
-import numba
-import evsim
-
-
-@numba.njit
-def step(v, current, theta, gain):
-    h = v + gain * current
-    s = 1 if h >= theta else 0
-    return h - s * theta, s
-
-
-def register():
-    evsim.register_neuron("gainif", step, params={"gain": 2.0}, doc="h = v + gain·x")
-'''
-
-
 def test_entry_point_plugin(tmp_path):
     """A plugin installed as a package (a distribution with an entry point in group evsim.neurons)
     is found by name in a fresh process, from the API and from a saved SNN file."""
-    site = tmp_path / "site"
-    (site / "gainif_plugin").mkdir(parents=True)
-    (site / "gainif_plugin" / "__init__.py").write_text(PLUGIN)
-    info = site / "gainif_plugin-1.0.dist-info"
-    info.mkdir()
-    info.joinpath("METADATA").write_text("Metadata-Version: 2.1\nName: gainif-plugin\nVersion: 1.0\n")
-    info.joinpath("entry_points.txt").write_text("[evsim.neurons]\ngainif = gainif_plugin:register\n")
+    site = write_plugin_distribution(tmp_path / "site")
     graph = random_network(5, kind="ann", activation="qcfs")
     evsim.save(graph, tmp_path / "ann.npz")
     code = textwrap.dedent(f"""
