@@ -144,6 +144,8 @@ class Console:
         with self._lock:
             self._tasks.append(task)
             self._ensure_thread()
+            if self.live:  # drawn at once: a step shorter than one refresh is still seen
+                self._draw(self._line(0))
         ok = False
         try:
             yield task

@@ -149,8 +149,8 @@ def test_quiet_when_not_a_terminal():
 
 
 def test_status_line_on_a_terminal_and_silenced_by_q():
-    # long enough (~0.5 s with warm kernels) for the 0.12 s redraw to show the task
-    args = ("run", QCFS, "--data", TEST, "--samples", "1000", "-T", "32")
+    # the status line is drawn when a task starts, however short the task (no timing here)
+    args = ("run", QCFS, "--data", TEST, "--samples", "64", "-T", "8")
     live = invoke(*args, env={"EVSIM_PROGRESS": "1"})
     assert live.exit_code == 0 and "\r" in live.stderr and "simulating" in live.stderr
     assert live.stderr.rstrip(" \r\x1b[K").endswith("\x1b[K") or live.stderr.endswith("\r\x1b[K")  # line cleared
