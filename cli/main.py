@@ -438,28 +438,44 @@ def build_run_request(ctx: click.Context, p: dict) -> RunRequest:
 
 
 def execute_run(request: RunRequest, console: Console):
-    """Simulate as requested, with progress on a terminal; return the Results."""
+    """Simulate as requested, with progress on a terminal; return the Results.
+
+    The data file is read batch by batch (``evsim.data_io.open_data``): peak memory does not
+    depend on the number of samples, and a bad value is reported with its sample index."""
     import evsim
-    from evsim.ann import predict
+    from evsim.ann import accuracy
 
     if request.extra.get("cluster") is not None or request.extra.get("checkpoint") is not None:
         return execute_sharded_run(request, console)
-    x, y = read_inputs(request.data, request.graph, request.samples, layout=request.extra["layout"])
-    options = request.options()
-    _watch_jit(console)
-    with console.task("simulating", total=len(x), unit="samples") as task:
-        def progress(n):
-            task.advance(n)
-            interrupt.checkpoint()
+    source = open_source(request, console)
+    with source:
+        _watch_jit(console)
+        with console.task("simulating", total=source.n, unit="samples") as task:
+            def progress(n):
+                task.advance(n)
+                interrupt.checkpoint()
 
-        results = evsim.simulate(request.graph, x, y, T=request.T, batch_size=request.batch_size,
-                                 precision=request.precision, options=options, energy=request.energy,
-                                 progress=progress)
-    if request.with_ann and y is not None:
-        with console.task("evaluating the ANN"):
-            results.ann_accuracy = float((predict(request.graph, x) == y).mean())
+            results = evsim.simulate(request.graph, source, T=request.T, batch_size=request.batch_size,
+                                     precision=request.precision, options=request.options(),
+                                     energy=request.energy, progress=progress)
+        if request.with_ann and source.has_labels:
+            with console.task("evaluating the ANN"):
+                results.ann_accuracy = accuracy(request.graph, source)
     results.settings["data"] = str(request.data)
     return results
+
+
+def open_source(request: RunRequest, console: Console):
+    """The run's data file opened lazily (``--samples`` applied; a warning when it asks for more)."""
+    from evsim.data_io import open_data
+
+    graph = request.graph
+    source = open_data(request.data, graph.input.shape, _n_classes(graph), samples=request.samples,
+                       layout=request.extra["layout"])
+    if request.samples is not None and request.samples > source.n:
+        console.warn(f"--samples {request.samples:,}: {escape(request.data)} has {source.n:,} samples; "
+                     f"using {source.n:,}")
+    return source
 
 
 def execute_sharded_run(request: RunRequest, console: Console):
@@ -469,16 +485,12 @@ def execute_sharded_run(request: RunRequest, console: Console):
 
     import evsim
     from evsim.checkpoint import CheckpointRunner
-    from evsim.data_io import open_data
 
     cluster, shard_size, checkpoint = (request.extra[k] for k in ("cluster", "shard_size", "checkpoint"))
     graph = request.graph
-    source = open_data(request.data, graph.input.shape, _n_classes(graph), samples=request.samples,
-                       layout=request.extra["layout"])
-    if request.samples is not None and request.samples > source.n:
-        console.warn(f"--samples {request.samples:,}: {escape(request.data)} has {source.n:,} samples; "
-                     f"using {source.n:,}")
+    source = open_source(request, console)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(source)
         client = runner = None
         how = {"kind": "serial"}
         if cluster is not None:
@@ -508,10 +520,9 @@ def execute_sharded_run(request: RunRequest, console: Console):
                 if client is not None:
                     results.ann_accuracy = ann_accuracy(client, graph, source, shard_size, request.batch_size)
                 else:
-                    from evsim.ann import predict
+                    from evsim.ann import accuracy
 
-                    x, y = source.read(0, source.n)
-                    results.ann_accuracy = float((predict(graph, x) == y).mean())
+                    results.ann_accuracy = accuracy(graph, source)
     results.settings["data"] = str(request.data)
     results.settings["shards"] = dict(runner.shards)
     results.settings["runner"] = how
