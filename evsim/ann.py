@@ -168,52 +168,172 @@ def forward(graph: Graph, x: np.ndarray | None, wanted: Iterable[str] | None = N
     dict
         Node name -> value for every node in ``wanted``.
     """
-    from .ops import OPS
-
     wanted = [graph.output] if wanted is None else list(wanted)
     values: dict[str, np.ndarray] = dict(fixed or {})
     if x is not None and "input" not in values:
         values["input"] = np.asarray(x, dtype=dtype) if preprocessed else graph.input.preprocess(x, dtype)
-    needed = set(wanted)
-    for node in reversed(graph.nodes):
-        if node.name in needed and node.name not in values:
-            needed.update(node.inputs)
-    fused = _conv_batchnorm(graph, needed, values, wanted)
-    for node in graph.nodes:
-        if node.name not in needed or node.name in values or node.name in fused.values():
-            continue
-        if node.name in fused:  # conv -> batchnorm in one pass (the conv's own value is not needed)
-            conv = graph.node(fused[node.name])
-            p, a = node.arrays, conv.attrs
-            scale = p["gamma"] / np.sqrt(p["var"] + node.attrs["eps"])
-            values[node.name] = conv2d(values[conv.inputs[0]], conv.arrays["weight"], conv.arrays.get("bias"),
-                                       a["stride"], a["padding"], a["dilation"], a["groups"], scale,
-                                       p["beta"] - p["mean"] * scale)
-            continue
-        fn = OPS[node.op].forward
-        if fn is None:
-            raise ConversionError(describe(f"node '{node.name}'", "an op the ANN executor can evaluate",
-                                           repr(node.op), "evaluate the ANN model, not the SNN file"))
-        values[node.name] = fn(node, [values[name] for name in node.inputs])
+    _run(_plan(graph, wanted, frozenset(values)), values)
     return {name: values[name] for name in wanted}
 
 
-def _conv_batchnorm(graph: Graph, needed: set, values: dict, wanted: list) -> dict:
-    """``{batchnorm node: conv node}`` for every BatchNorm whose input is a conv2d read by nothing else
-    (and neither wanted nor given): the executor folds the BatchNorm into the convolution's output."""
-    readers: dict[str, int] = {}
+# --------------------------------------------------------------------------- planned, fused execution
+#: activations a convolution's epilogue applies (the ``act`` code of :func:`evsim._kernels.dense.direct_conv`)
+_FUSED_ACTIVATIONS = {"relu": 1, "qcfs": 2}
+#: poolings a convolution's epilogue applies (value: divide by the window's area)
+_FUSED_POOLS = {"avgpool2d": True, "sumpool2d": False}
+
+
+class _Fused:
+    """A planned step: a conv2d, then optionally its BatchNorm, a residual add, an activation and a
+    pooling (each the only reader of the one before), computed in one pass; the value of the chain's
+    last node is stored.  Only the BatchNorm is folded into a convolution the direct kernel cannot run
+    (stride, dilation or groups not 1)."""
+
+    def __init__(self, conv: Node, direct: bool):
+        self.conv, self.direct = conv, direct
+        self.nodes = [conv]
+        self.batchnorm = self.residual = self.activation = self.pool = None
+        self._arrays: dict = {}
+
+    @property
+    def name(self) -> str:
+        return self.nodes[-1].name
+
+    def arrays(self, dtype):
+        """(weights in the direct kernel's layout, scale, shift, λ) in ``dtype``, prepared once per dtype."""
+        key = np.dtype(dtype)
+        found = self._arrays.get(key)
+        if found is None:
+            from ._kernels.dense import direct_layout
+
+            weight, bias = self.conv.arrays["weight"], self.conv.arrays.get("bias")
+            c_out = weight.shape[0]
+            s, shift = np.ones(c_out), np.zeros(c_out)
+            if self.batchnorm is not None:
+                p = self.batchnorm.arrays
+                scale = p["gamma"] / np.sqrt(p["var"] + self.batchnorm.attrs["eps"])
+                s = np.broadcast_to(np.asarray(scale, np.float64), (c_out,))
+                shift = p["beta"] - p["mean"] * scale
+            t = (np.zeros(c_out) if bias is None else np.asarray(bias, np.float64)) * s + shift
+            lam = s
+            if self.activation is not None and self.activation.op == "qcfs":
+                lam = np.broadcast_to(self.activation.arrays["threshold"].astype(key), (c_out,))
+            found = self._arrays[key] = (direct_layout(np.asarray(weight, key)), np.ascontiguousarray(s, key),
+                                         np.ascontiguousarray(t, key), np.ascontiguousarray(lam, key))
+        return found
+
+    def run(self, values: dict) -> np.ndarray:
+        from .ops import OPS
+
+        x = values[self.conv.inputs[0]]
+        a = self.conv.attrs
+        if x.dtype not in (np.float32, np.float64):  # a dtype the kernels do not take: op by op
+            value = x
+            for prev, node in zip([self.conv.inputs[0]] + [n.name for n in self.nodes], self.nodes):
+                value = OPS[node.op].forward(node, [value if n == prev else values[n] for n in node.inputs])
+            return value
+        if not self.direct:  # conv2d -> batchnorm only
+            p = self.batchnorm.arrays
+            scale = p["gamma"] / np.sqrt(p["var"] + self.batchnorm.attrs["eps"])
+            return conv2d(x, self.conv.arrays["weight"], self.conv.arrays.get("bias"), a["stride"], a["padding"],
+                          a["dilation"], a["groups"], scale, p["beta"] - p["mean"] * scale)
+        from ._kernels.dense import direct_conv
+
+        x = np.ascontiguousarray(x)
+        weight, scale, shift, lam = self.arrays(x.dtype)
+        c_out, ho, wo = self.conv.shape
+        residual = None
+        if self.residual is not None:
+            residual = np.ascontiguousarray(values[self.residual], x.dtype)
+            if residual.shape != (len(x), c_out, ho, wo):  # the graph's shapes guarantee it
+                raise ConversionError(describe(f"node '{self.nodes[-1].name}'", f"inputs of shape {(c_out, ho, wo)}",
+                                               str(residual.shape[1:])))
+        pool, divide = (1, 1), False
+        if self.pool is not None:
+            pool, divide = tuple(self.pool.attrs["kernel"]), _FUSED_POOLS[self.pool.op]
+        out = np.empty((len(x), c_out, ho // pool[0], wo // pool[1]), x.dtype)
+        act = 0 if self.activation is None else _FUSED_ACTIVATIONS[self.activation.op]
+        levels = self.activation.attrs["levels"] if act == 2 else 1
+        direct_conv(x, weight, scale, shift, a["padding"][0], a["padding"][1], ho, wo, out, residual, act, levels,
+                    lam, pool, divide)
+        return out
+
+
+def _plan(graph: Graph, wanted: list, given: frozenset) -> list:
+    """The steps computing ``wanted`` from the ``given`` values: graph nodes (in order) and
+    :class:`_Fused` chains, each placed at its last node.  Planned once per graph and query:
+    :func:`predict` and :func:`accuracy` run the same plan on every batch."""
+    from .ops import OPS
+
+    needed = set(wanted)
+    for node in reversed(graph.nodes):
+        if node.name in needed and node.name not in given:
+            needed.update(node.inputs)
+    readers: dict[str, list] = {}
     for node in graph.nodes:
         for name in node.inputs:
-            readers[name] = readers.get(name, 0) + 1
-    fused = {}
+            readers.setdefault(name, []).append(node)
+
+    def next_private(name):  # the only reader of an intermediate value nobody else asks for
+        found = readers.get(name, [])
+        if len(found) != 1 or name in wanted or name in given or name == graph.output:
+            return None
+        return found[0] if found[0].name in needed and found[0].name not in given else None
+
+    chains: dict[str, _Fused] = {}
+    absorbed: set = set()
     for node in graph.nodes:
-        if node.op != "batchnorm" or node.name not in needed or node.name in values:
+        if node.op != "conv2d" or node.name not in needed or node.name in given or node.name in absorbed:
             continue
-        src = node.inputs[0]
-        if (src != "input" and graph.node(src).op == "conv2d" and readers.get(src) == 1 and src not in wanted
-                and src not in values and src != graph.output):
-            fused[node.name] = src
-    return fused
+        a = node.attrs
+        _, ho, wo = node.shape
+        direct = (tuple(a["stride"]), tuple(a["dilation"]), a["groups"]) == ((1, 1), (1, 1), 1) and ho > 0 and wo > 0
+        step = _Fused(node, direct)
+        nxt = next_private(node.name)
+        if nxt is not None and nxt.op == "batchnorm":
+            step.batchnorm = nxt
+            step.nodes.append(nxt)
+            nxt = next_private(nxt.name)
+        if direct:
+            if nxt is not None and nxt.op == "add" and len(nxt.inputs) == 2:
+                other = nxt.inputs[1] if nxt.inputs[0] == step.name else nxt.inputs[0]
+                step.residual = other
+                step.nodes.append(nxt)
+                nxt = next_private(nxt.name)
+            if nxt is not None and nxt.op in _FUSED_ACTIVATIONS:
+                step.activation = nxt
+                step.nodes.append(nxt)
+                nxt = next_private(nxt.name)
+            pa = nxt.attrs if nxt is not None and nxt.op in _FUSED_POOLS else None
+            if pa is not None and tuple(pa["kernel"]) == tuple(pa["stride"]) and tuple(pa["padding"]) == (0, 0):
+                step.pool = nxt
+                step.nodes.append(nxt)
+        if len(step.nodes) > 1:
+            chains[step.name] = step
+            absorbed.update(n.name for n in step.nodes)
+    steps = []
+    for node in graph.nodes:
+        if node.name not in needed or node.name in given:
+            continue
+        if node.name in chains:
+            steps.append(chains[node.name])
+        elif node.name not in absorbed:
+            if OPS[node.op].forward is None:
+                raise ConversionError(describe(f"node '{node.name}'", "an op the ANN executor can evaluate",
+                                               repr(node.op), "evaluate the ANN model, not the SNN file"))
+            steps.append(node)
+    return steps
+
+
+def _run(steps: list, values: dict) -> None:
+    """Execute a :func:`_plan` into ``values``."""
+    from .ops import OPS
+
+    for step in steps:
+        if isinstance(step, _Fused):
+            values[step.name] = step.run(values)
+        else:
+            values[step.name] = OPS[step.op].forward(step, [values[name] for name in step.inputs])
 
 
 def predict(graph: Graph, x, batch_size: int = 256, dtype=np.float32, threads: int | None = None) -> np.ndarray:
@@ -260,9 +380,13 @@ def _map_batches(graph: Graph, source, batch_size: int, dtype, threads: int | No
         import numba
         threads = numba.get_num_threads()
 
+    steps = _plan(graph, [graph.output], frozenset({"input"}))
+
     def one(bounds):
         xb, yb = source.read(*bounds)
-        logits = forward(graph, xb, dtype=dtype)[graph.output]
+        values = {"input": graph.input.preprocess(xb, dtype)}
+        _run(steps, values)
+        logits = values[graph.output]
         return logits.reshape(len(logits), -1).argmax(axis=1), yb
 
     ranges = [(lo, min(lo + batch_size, source.n)) for lo in range(0, source.n, batch_size)]
