@@ -222,7 +222,8 @@ class _Fused:
                                          np.ascontiguousarray(t, key), np.ascontiguousarray(lam, key))
         return found
 
-    def run(self, values: dict) -> np.ndarray:
+    def run(self, values: dict, buffers: dict | None = None) -> np.ndarray:
+        """The chain's value; written into ``buffers[self]`` (reused across batches) if ``buffers`` is given."""
         from .ops import OPS
 
         x = values[self.conv.inputs[0]]
@@ -251,7 +252,12 @@ class _Fused:
         pool, divide = (1, 1), False
         if self.pool is not None:
             pool, divide = tuple(self.pool.attrs["kernel"]), _FUSED_POOLS[self.pool.op]
-        out = np.empty((len(x), c_out, ho // pool[0], wo // pool[1]), x.dtype)
+        shape = (len(x), c_out, ho // pool[0], wo // pool[1])
+        out = None if buffers is None else buffers.get(self)
+        if out is None or out.shape != shape or out.dtype != x.dtype:
+            out = np.empty(shape, x.dtype)
+            if buffers is not None:
+                buffers[self] = out
         act = 0 if self.activation is None else _FUSED_ACTIVATIONS[self.activation.op]
         levels = self.activation.attrs["levels"] if act == 2 else 1
         direct_conv(x, weight, scale, shift, a["padding"][0], a["padding"][1], ho, wo, out, residual, act, levels,
@@ -325,13 +331,15 @@ def _plan(graph: Graph, wanted: list, given: frozenset) -> list:
     return steps
 
 
-def _run(steps: list, values: dict) -> None:
-    """Execute a :func:`_plan` into ``values``."""
+def _run(steps: list, values: dict, buffers: dict | None = None) -> None:
+    """Execute a :func:`_plan` into ``values``; with ``buffers`` (one dict per thread, kept across
+    batches), fused steps write into the same arrays batch after batch: fresh arrays of megabytes
+    cost page faults (~2,400 per 256-sample batch of the shipped model, 10-20 % of the time, measured)."""
     from .ops import OPS
 
     for step in steps:
         if isinstance(step, _Fused):
-            values[step.name] = step.run(values)
+            values[step.name] = step.run(values, buffers)
         else:
             values[step.name] = OPS[step.op].forward(step, [values[name] for name in step.inputs])
 
@@ -372,6 +380,12 @@ def _as_source(x, y=None):
     return x if hasattr(x, "read") else _Arrays(np.asarray(x), None if y is None else np.asarray(y))
 
 
+#: samples :func:`predict` / :func:`accuracy` push through the graph at once (a read batch is split into
+#: chunks of this size): the activations of a chunk stay in the core's L2 cache from one layer to the
+#: next.  Shipped model, float32, one thread: 137 us per sample at 20-48 samples, 220-310 at 256 (measured).
+COMPUTE_CHUNK = 32
+
+
 def _map_batches(graph: Graph, source, batch_size: int, dtype, threads: int | None):
     """(predictions, labels or None) over all samples of ``source``, batches run ``threads`` at a time."""
     from concurrent.futures import ThreadPoolExecutor
@@ -380,14 +394,22 @@ def _map_batches(graph: Graph, source, batch_size: int, dtype, threads: int | No
         import numba
         threads = numba.get_num_threads()
 
-    steps = _plan(graph, [graph.output], frozenset({"input"}))
+    import threading
 
-    def one(bounds):
+    steps = _plan(graph, [graph.output], frozenset({"input"}))
+    local = threading.local()
+
+    def one(bounds):  # only the argmax leaves: the thread's buffers are free again for its next chunk
         xb, yb = source.read(*bounds)
-        values = {"input": graph.input.preprocess(xb, dtype)}
-        _run(steps, values)
-        logits = values[graph.output]
-        return logits.reshape(len(logits), -1).argmax(axis=1), yb
+        if not hasattr(local, "buffers"):
+            local.buffers = {}
+        predictions = []
+        for lo in range(0, len(xb), COMPUTE_CHUNK):
+            values = {"input": graph.input.preprocess(xb[lo:lo + COMPUTE_CHUNK], dtype)}
+            _run(steps, values, local.buffers)
+            logits = values[graph.output]
+            predictions.append(logits.reshape(len(logits), -1).argmax(axis=1))
+        return np.concatenate(predictions), yb
 
     ranges = [(lo, min(lo + batch_size, source.n)) for lo in range(0, source.n, batch_size)]
     if not ranges:

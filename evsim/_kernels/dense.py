@@ -223,24 +223,26 @@ def events_to_dense(ev_idx, ev_cnt, nev, first, out):
 
 
 def _direct(x, w, scale, shift, pad_h, pad_w, out_h, out_w, residual, levels, lam, out):
-    # One output row segment of _LANES pixels x 8 output channels in registers (8 accumulators); the
-    # kernel's taps (_K_H x _K_W) are compile-time constants (unrolled).  The epilogue (affine, residual
-    # _RES, activation _ACT: compile-time constants) runs on vectors of a row of 8 channels (tile), which
-    # is then written out, or pooled (windows _POOL_H x _POOL_W, summed; averaged if _POOL_DIV) once the
-    # tile holds a row of windows.  No array views and no inlined helpers taking arrays in the loops:
-    # each costs reference-count calls, which made the kernel several times slower (measured).
+    # Two output rows x _LANES pixels x 8 output channels in registers (16 accumulators: each weight
+    # broadcast serves two rows); the kernel's taps (_K_H x _K_W) are compile-time constants (unrolled).
+    # The epilogue (affine, residual _RES, activation _ACT: compile-time constants) runs on vectors of
+    # the two rows of 8 channels (tile), which are then written out, or pooled (windows _POOL_H x
+    # _POOL_W with _POOL_H 1 or 2, summed; averaged if _POOL_DIV).  An odd last row pairs with a
+    # row of zeros below the input (computed, not written).  No array views and no inlined helpers
+    # taking arrays in the loops: each costs reference-count calls, which made the kernel several
+    # times slower (measured).
     n_batch, n_channels, height, width = x.shape
     n_blocks = w.shape[0]
     n_out = out.shape[1]
     n_vec = (out_w + _LANES - 1) // _LANES  # noqa: F821
-    p_h = height + 2 * pad_h
+    p_h = height + 2 * pad_h + 1
     p_w = n_vec * _LANES + _K_W - 1  # noqa: F821
     padded = np.zeros((n_channels, p_h, p_w), x.dtype)
     plane = padded.reshape(-1)
     t_w = n_vec * _LANES  # noqa: F821
-    tile = np.empty((8, _POOL_H, t_w), x.dtype)  # noqa: F821
+    tile = np.empty((8, 2, t_w), x.dtype)
     tile_flat = tile.reshape(-1)
-    t_k = _POOL_H * t_w  # noqa: F821
+    t_k = 2 * t_w
     rbuf = np.zeros(_LANES, x.dtype)  # noqa: F821
     res_flat = residual.reshape(-1)
     n_res = res_flat.shape[0]
@@ -255,9 +257,8 @@ def _direct(x, w, scale, shift, pad_h, pad_w, out_h, out_w, residual, levels, la
                     padded[c, y + pad_h, pad_w + j] = x[b, c, y, j]
         for blk in range(n_blocks):
             o = blk * 8
-            for oy in range(n_rows):
-                py = oy // _POOL_H  # noqa: F821
-                t_r = (oy - py * _POOL_H) * t_w  # this row in the tile  # noqa: F821
+            n_k = min(8, n_out - o)
+            for oy in range(0, n_rows, 2):
                 for v in range(n_vec):
                     x0 = v * _LANES  # noqa: F821
                     a0 = vzeros(zero, _LANES)  # noqa: F821
@@ -268,57 +269,92 @@ def _direct(x, w, scale, shift, pad_h, pad_w, out_h, out_w, residual, levels, la
                     a5 = a0
                     a6 = a0
                     a7 = a0
+                    b0 = a0
+                    b1 = a0
+                    b2 = a0
+                    b3 = a0
+                    b4 = a0
+                    b5 = a0
+                    b6 = a0
+                    b7 = a0
                     for c in range(n_channels):
                         for ky in range(_K_H):  # noqa: F821
                             base = (c * p_h + oy + ky) * p_w + x0
                             for kx in range(_K_W):  # noqa: F821
                                 xv = vload(plane, base + kx, _LANES)  # noqa: F821
-                                a0 = vfma(xv, w[blk, c, ky, kx, 0], a0)
-                                a1 = vfma(xv, w[blk, c, ky, kx, 1], a1)
-                                a2 = vfma(xv, w[blk, c, ky, kx, 2], a2)
-                                a3 = vfma(xv, w[blk, c, ky, kx, 3], a3)
-                                a4 = vfma(xv, w[blk, c, ky, kx, 4], a4)
-                                a5 = vfma(xv, w[blk, c, ky, kx, 5], a5)
-                                a6 = vfma(xv, w[blk, c, ky, kx, 6], a6)
-                                a7 = vfma(xv, w[blk, c, ky, kx, 7], a7)
-                    vstore(tile_flat, t_r + x0, a0)
-                    vstore(tile_flat, t_k + t_r + x0, a1)
-                    vstore(tile_flat, 2 * t_k + t_r + x0, a2)
-                    vstore(tile_flat, 3 * t_k + t_r + x0, a3)
-                    vstore(tile_flat, 4 * t_k + t_r + x0, a4)
-                    vstore(tile_flat, 5 * t_k + t_r + x0, a5)
-                    vstore(tile_flat, 6 * t_k + t_r + x0, a6)
-                    vstore(tile_flat, 7 * t_k + t_r + x0, a7)
-                    n_valid = min(_LANES, out_w - x0)  # noqa: F821
-                    for k in range(min(8, n_out - o)):  # epilogue, on vectors
-                        t0 = k * t_k + t_r + x0
-                        acc = vaffine(vload(tile_flat, t0, _LANES), scale[o + k], shift[o + k])  # noqa: F821
-                        if _RES:  # noqa: F821
-                            r0 = ((b * n_out + o + k) * out_h + oy) * out_w + x0  # residual[b, o + k, oy, x0]
-                            if r0 + _LANES <= n_res:  # noqa: F821  (lanes past the row: unused)
-                                acc = vadd(acc, vload(res_flat, r0, _LANES))  # noqa: F821
-                            else:  # the array's last, partial vector: never read past the array
-                                for j in range(n_valid):
-                                    rbuf[j] = res_flat[r0 + j]
-                                acc = vadd(acc, vload(rbuf, 0, _LANES))  # noqa: F821
-                        if _ACT == 1:  # noqa: F821
-                            acc = vrelu(acc)
-                        elif _ACT == 2:  # noqa: F821
-                            acc = vqcfs(acc, big_l, lam[o + k])
-                        vstore(tile_flat, t0, acc)
-                n_k = min(8, n_out - o)
+                                yv = vload(plane, base + p_w + kx, _LANES)  # noqa: F821
+                                t = w[blk, c, ky, kx, 0]
+                                a0 = vfma(xv, t, a0)
+                                b0 = vfma(yv, t, b0)
+                                t = w[blk, c, ky, kx, 1]
+                                a1 = vfma(xv, t, a1)
+                                b1 = vfma(yv, t, b1)
+                                t = w[blk, c, ky, kx, 2]
+                                a2 = vfma(xv, t, a2)
+                                b2 = vfma(yv, t, b2)
+                                t = w[blk, c, ky, kx, 3]
+                                a3 = vfma(xv, t, a3)
+                                b3 = vfma(yv, t, b3)
+                                t = w[blk, c, ky, kx, 4]
+                                a4 = vfma(xv, t, a4)
+                                b4 = vfma(yv, t, b4)
+                                t = w[blk, c, ky, kx, 5]
+                                a5 = vfma(xv, t, a5)
+                                b5 = vfma(yv, t, b5)
+                                t = w[blk, c, ky, kx, 6]
+                                a6 = vfma(xv, t, a6)
+                                b6 = vfma(yv, t, b6)
+                                t = w[blk, c, ky, kx, 7]
+                                a7 = vfma(xv, t, a7)
+                                b7 = vfma(yv, t, b7)
+                    vstore(tile_flat, 0 * t_k + x0, a0)
+                    vstore(tile_flat, 0 * t_k + t_w + x0, b0)
+                    vstore(tile_flat, 1 * t_k + x0, a1)
+                    vstore(tile_flat, 1 * t_k + t_w + x0, b1)
+                    vstore(tile_flat, 2 * t_k + x0, a2)
+                    vstore(tile_flat, 2 * t_k + t_w + x0, b2)
+                    vstore(tile_flat, 3 * t_k + x0, a3)
+                    vstore(tile_flat, 3 * t_k + t_w + x0, b3)
+                    vstore(tile_flat, 4 * t_k + x0, a4)
+                    vstore(tile_flat, 4 * t_k + t_w + x0, b4)
+                    vstore(tile_flat, 5 * t_k + x0, a5)
+                    vstore(tile_flat, 5 * t_k + t_w + x0, b5)
+                    vstore(tile_flat, 6 * t_k + x0, a6)
+                    vstore(tile_flat, 6 * t_k + t_w + x0, b6)
+                    vstore(tile_flat, 7 * t_k + x0, a7)
+                    vstore(tile_flat, 7 * t_k + t_w + x0, b7)
+                    for r in range(min(2, n_rows - oy)):  # epilogue, on vectors
+                        for k in range(n_k):
+                            t0 = k * t_k + r * t_w + x0
+                            acc = vaffine(vload(tile_flat, t0, _LANES), scale[o + k], shift[o + k])  # noqa: F821
+                            if _RES:  # noqa: F821
+                                r0 = ((b * n_out + o + k) * out_h + oy + r) * out_w + x0  # residual[b, o+k, oy+r, x0]
+                                if r0 + _LANES <= n_res:  # noqa: F821  (lanes past the row: unused)
+                                    acc = vadd(acc, vload(res_flat, r0, _LANES))  # noqa: F821
+                                else:  # the array's last vector: never read past the array
+                                    for j in range(min(_LANES, out_w - x0)):  # noqa: F821
+                                        rbuf[j] = res_flat[r0 + j]
+                                    acc = vadd(acc, vload(rbuf, 0, _LANES))  # noqa: F821
+                            if _ACT == 1:  # noqa: F821
+                                acc = vrelu(acc)
+                            elif _ACT == 2:  # noqa: F821
+                                acc = vqcfs(acc, big_l, lam[o + k])
+                            vstore(tile_flat, t0, acc)
                 if _POOL_H * _POOL_W == 1:  # noqa: F821
-                    for k in range(n_k):
-                        for j in range(out_w):
-                            out[b, o + k, oy, j] = tile[k, 0, j]
-                elif oy - py * _POOL_H == _POOL_H - 1:  # a row of windows is complete: summed as pool_sum  # noqa: F821
-                    for k in range(n_k):
-                        for px in range(out_w // _POOL_W):  # noqa: F821
-                            acc = zero
-                            for ky in range(_POOL_H):  # noqa: F821
-                                for kx in range(_POOL_W):  # noqa: F821
-                                    acc += tile[k, ky, px * _POOL_W + kx]  # noqa: F821
-                            out[b, o + k, py, px] = acc / area if _POOL_DIV else acc  # noqa: F821
+                    for r in range(min(2, n_rows - oy)):
+                        for k in range(n_k):
+                            for j in range(out_w):
+                                out[b, o + k, oy + r, j] = tile[k, r, j]
+                else:  # rows of windows, each summed in the order of pool_sum
+                    for r in range(0, 2, _POOL_H):  # noqa: F821
+                        py = (oy + r) // _POOL_H  # noqa: F821
+                        for k in range(n_k):
+                            for px in range(out_w // _POOL_W):  # noqa: F821
+                                acc = zero
+                                for ky in range(_POOL_H):  # noqa: F821
+                                    for kx in range(_POOL_W):  # noqa: F821
+                                        acc += tile[k, r + ky, px * _POOL_W + kx]  # noqa: F821
+                                out[b, o + k, py, px] = acc / area if _POOL_DIV else acc  # noqa: F821
 
 
 _DIRECT: dict = {}
@@ -341,10 +377,11 @@ def direct_conv(x, w, scale, shift, pad_h, pad_w, out_h, out_w, out, residual=No
     ``z += residual`` (a residual add), then the activation ``act`` (0 none, 1 ReLU ``max(z, 0)``,
     2 QCFS with ``levels`` and ``lam``, as :func:`qcfs_forward`), then a sum (``pool_div``: average)
     pooling over non-overlapping ``pool`` windows (stride = window, no padding, as :func:`pool_sum`):
-    each in the dtype of ``x``, in the order of the separate passes (the same values).
+    each in the dtype of ``x``, in the order of the separate passes (the same values).  Pooling windows
+    of one or two rows only (``pool[0]`` 1 or 2).
 
-    Sixteen (float32; eight float64) neighbouring output pixels of one row times eight output
-    channels accumulate in eight vector registers with fused multiply-adds, reading the input row
+    Sixteen (float32; eight float64) neighbouring output pixels of two rows times eight output
+    channels accumulate in sixteen vector registers with fused multiply-adds, reading the input row
     from a zero-padded copy of the sample (:mod:`evsim._kernels.simd`).  Rounded as fused
     multiply-adds do (within float rounding of the NumPy definition); only the ANN executor uses it.
     One compiled kernel per (vector width, kernel size, activation, residual or not, pooling).
@@ -361,6 +398,8 @@ def direct_conv(x, w, scale, shift, pad_h, pad_w, out_h, out_w, out, residual=No
     lam : ndarray, (C_out,) float, optional
         QCFS thresholds (``act`` 2).
     """
+    if pool[0] not in (1, 2):
+        raise ValueError(f"direct_conv: pooling windows of 1 or 2 rows, not {pool[0]}")
     lanes = max(1, 64 // x.itemsize)
     if out_w <= lanes // 2:
         lanes //= 2
