@@ -284,10 +284,11 @@ def _plan(graph: Graph, wanted: list, given: frozenset) -> list:
         found = readers.get(name, [])
         if len(found) != 1 or name in wanted or name in given or name == graph.output:
             return None
-        return found[0] if found[0].name in needed and found[0].name not in given else None
+        reader = found[0]
+        return reader if reader.name in needed and reader.name not in given and reader.name not in absorbed else None
 
     chains: dict[str, _Fused] = {}
-    absorbed: set = set()
+    absorbed: set = set()  # nodes inside a chain (read by next_private: an add joins one chain only)
     for node in graph.nodes:
         if node.op != "conv2d" or node.name not in needed or node.name in given or node.name in absorbed:
             continue
@@ -311,7 +312,8 @@ def _plan(graph: Graph, wanted: list, given: frozenset) -> list:
                 step.nodes.append(nxt)
                 nxt = next_private(nxt.name)
             pa = nxt.attrs if nxt is not None and nxt.op in _FUSED_POOLS else None
-            if pa is not None and tuple(pa["kernel"]) == tuple(pa["stride"]) and tuple(pa["padding"]) == (0, 0):
+            if (pa is not None and tuple(pa["kernel"]) == tuple(pa["stride"]) and tuple(pa["padding"]) == (0, 0)
+                    and pa["kernel"][0] <= 2):  # windows of one or two rows (the kernel's two-row blocks)
                 step.pool = nxt
                 step.nodes.append(nxt)
         if len(step.nodes) > 1:

@@ -224,7 +224,8 @@ def events_to_dense(ev_idx, ev_cnt, nev, first, out):
 
 def _direct(x, w, scale, shift, pad_h, pad_w, out_h, out_w, residual, levels, lam, out):
     # Two output rows x _LANES pixels x 8 output channels in registers (16 accumulators: each weight
-    # broadcast serves two rows); the kernel's taps (_K_H x _K_W) are compile-time constants (unrolled).
+    # broadcast serves two rows); the kernel's taps (_K_H x _K_W) are compile-time constants (unrolled) for
+    # 3x3 kernels, runtime loops for the others (_K_H = _K_W = 0).
     # The epilogue (affine, residual _RES, activation _ACT: compile-time constants) runs on vectors of
     # the two rows of 8 channels (tile), which are then written out, or pooled (windows _POOL_H x
     # _POOL_W with _POOL_H 1 or 2, summed; averaged if _POOL_DIV).  An odd last row pairs with a
@@ -233,10 +234,12 @@ def _direct(x, w, scale, shift, pad_h, pad_w, out_h, out_w, residual, levels, la
     # times slower (measured).
     n_batch, n_channels, height, width = x.shape
     n_blocks = w.shape[0]
+    k_h = _K_H if _K_H > 0 else w.shape[2]  # noqa: F821  (a constant: loops unrolled; 0: runtime)
+    k_w = _K_W if _K_W > 0 else w.shape[3]  # noqa: F821
     n_out = out.shape[1]
     n_vec = (out_w + _LANES - 1) // _LANES  # noqa: F821
     p_h = height + 2 * pad_h + 1
-    p_w = n_vec * _LANES + _K_W - 1  # noqa: F821
+    p_w = n_vec * _LANES + k_w - 1
     padded = np.zeros((n_channels, p_h, p_w), x.dtype)
     plane = padded.reshape(-1)
     t_w = n_vec * _LANES  # noqa: F821
@@ -278,9 +281,9 @@ def _direct(x, w, scale, shift, pad_h, pad_w, out_h, out_w, residual, levels, la
                     b6 = a0
                     b7 = a0
                     for c in range(n_channels):
-                        for ky in range(_K_H):  # noqa: F821
+                        for ky in range(k_h):
                             base = (c * p_h + oy + ky) * p_w + x0
-                            for kx in range(_K_W):  # noqa: F821
+                            for kx in range(k_w):
                                 xv = vload(plane, base + kx, _LANES)  # noqa: F821
                                 yv = vload(plane, base + p_w + kx, _LANES)  # noqa: F821
                                 t = w[blk, c, ky, kx, 0]
@@ -346,7 +349,7 @@ def _direct(x, w, scale, shift, pad_h, pad_w, out_h, out_w, residual, levels, la
                             for j in range(out_w):
                                 out[b, o + k, oy + r, j] = tile[k, r, j]
                 else:  # rows of windows, each summed in the order of pool_sum
-                    for r in range(0, 2, _POOL_H):  # noqa: F821
+                    for r in range(0, min(2, n_rows - oy), _POOL_H):  # noqa: F821
                         py = (oy + r) // _POOL_H  # noqa: F821
                         for k in range(n_k):
                             for px in range(out_w // _POOL_W):  # noqa: F821
@@ -400,10 +403,14 @@ def direct_conv(x, w, scale, shift, pad_h, pad_w, out_h, out_w, out, residual=No
     """
     if pool[0] not in (1, 2):
         raise ValueError(f"direct_conv: pooling windows of 1 or 2 rows, not {pool[0]}")
+    if not out.flags.c_contiguous or (residual is not None and not residual.flags.c_contiguous):
+        raise ValueError("direct_conv: out and residual must be C-contiguous")
     lanes = max(1, 64 // x.itemsize)
     if out_w <= lanes // 2:
         lanes //= 2
     k_h, k_w = w.shape[2], w.shape[3]
+    if (k_h, k_w) != (3, 3):  # other kernel sizes: one variant with runtime loops (fewer compilations)
+        k_h = k_w = 0
     consts = dict(_LANES=lanes, _K_H=k_h, _K_W=k_w, _ACT=int(act), _RES=residual is not None, _POOL_H=int(pool[0]),
                   _POOL_W=int(pool[1]), _POOL_DIV=bool(pool_div) and pool[0] * pool[1] > 1)
     key = tuple(consts.values())
