@@ -5,11 +5,17 @@ the SNN compiler for the constant per-step currents (bias and analog input).  Ea
 forward function sits in its entry of the op registry (:data:`evsim.ops.OPS`); it takes
 the node and its input values (batch first) and returns the node's value.
 
-Speed: convolutions are im2col + BLAS ``gemm`` in the dtype asked for (:func:`predict` and
-:func:`accuracy` default to float32, :func:`forward` to float64), QCFS is one fused Numba pass,
-and :func:`predict` / :func:`accuracy` run batches in parallel Python threads with BLAS held at
-one thread (:class:`blas_threads`): the only thread pools are Python's and, in the simulation
-afterwards, Numba's, never an OpenBLAS pool spinning against Numba's workers.
+Speed: convolutions with stride 1 run as a direct Numba kernel with SIMD registers
+(:func:`evsim._kernels.dense.direct_conv`), the others as im2col + BLAS ``gemm``, in the dtype asked
+for (:func:`predict` and :func:`accuracy` default to float32, :func:`forward` to float64).  A
+convolution's BatchNorm, residual add, ReLU/QCFS and non-overlapping pooling (when nothing else reads
+the values in between) run in the kernel's epilogue, planned once per graph and query
+(:func:`_plan`): one pass instead of five over the activations, with the same values as the separate
+passes.  :func:`predict` / :func:`accuracy` push chunks of :data:`COMPUTE_CHUNK` samples through the
+graph (activations stay in the core's L2), into buffers reused across chunks, and run batches in
+parallel Python threads with BLAS held at one thread (:class:`blas_threads`): the only thread pools
+are Python's and, in the simulation afterwards, Numba's, never an OpenBLAS pool spinning against
+Numba's workers.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Dense kernels: the ANN executor's (:mod:`evsim.ann`: im2col for convolutions done as BLAS GEMMs,
-QCFS, BatchNorm and sum pooling fused into one pass each) and the dense path of the simulation
+"""Dense kernels: the ANN executor's (:mod:`evsim.ann`: the direct convolution with its fused epilogue
+— BatchNorm, residual add, ReLU/QCFS, pooling —, im2col for the convolutions done as BLAS GEMMs,
+and QCFS, BatchNorm and sum pooling as one pass each where nothing can be fused) and the dense path of the simulation
 (:func:`events_to_cols`, :func:`events_to_dense`: event lists to GEMM operands).
 
 They are sequential (``nogil``, not ``parallel``): the executor runs several batches at once in
@@ -239,7 +240,7 @@ def _direct(x, w, scale, shift, pad_h, pad_w, out_h, out_w, residual, levels, la
     n_out = out.shape[1]
     n_vec = (out_w + _LANES - 1) // _LANES  # noqa: F821
     p_h = height + 2 * pad_h + 1
-    p_w = n_vec * _LANES + k_w - 1
+    p_w = n_vec * _LANES + k_w - 1  # noqa: F821
     padded = np.zeros((n_channels, p_h, p_w), x.dtype)
     plane = padded.reshape(-1)
     t_w = n_vec * _LANES  # noqa: F821
