@@ -240,8 +240,11 @@ def _direct(x, w, scale, shift, pad_h, pad_w, out_h, out_w, residual, levels, la
     n_out = out.shape[1]
     n_vec = (out_w + _LANES - 1) // _LANES  # noqa: F821
     p_h = height + 2 * pad_h + 1
-    p_w = n_vec * _LANES + k_w - 1  # noqa: F821
+    n_cv = (width + _LANES - 1) // _LANES  # vectors per input row (copied as vectors)  # noqa: F821
+    p_w = max(n_vec * _LANES + k_w - 1, pad_w + n_cv * _LANES)  # noqa: F821
     padded = np.zeros((n_channels, p_h, p_w), x.dtype)
+    x_flat = x.reshape(-1)
+    n_x = x_flat.shape[0]
     plane = padded.reshape(-1)
     t_w = n_vec * _LANES  # noqa: F821
     tile = np.empty((8, 2, t_w), x.dtype)
@@ -257,8 +260,16 @@ def _direct(x, w, scale, shift, pad_h, pad_w, out_h, out_w, residual, levels, la
     for b in range(n_batch):
         for c in range(n_channels):
             for y in range(height):
-                for j in range(width):
-                    padded[c, y + pad_h, pad_w + j] = x[b, c, y, j]
+                src = ((b * n_channels + c) * height + y) * width
+                dst = (c * p_h + y + pad_h) * p_w + pad_w
+                for j0 in range(0, width, _LANES):  # noqa: F821
+                    if src + j0 + _LANES <= n_x:  # noqa: F821  (lanes past the row: zeroed below)
+                        vstore(plane, dst + j0, vload(x_flat, src + j0, _LANES))  # noqa: F821
+                    else:  # the array's last vector: never read past the array
+                        for j in range(j0, width):
+                            plane[dst + j] = x_flat[src + j]
+                for j in range(width, n_cv * _LANES):  # noqa: F821
+                    plane[dst + j] = zero
         for blk in range(n_blocks):
             o = blk * 8
             n_k = min(8, n_out - o)
@@ -406,6 +417,7 @@ def direct_conv(x, w, scale, shift, pad_h, pad_w, out_h, out_w, out, residual=No
         raise ValueError(f"direct_conv: pooling windows of 1 or 2 rows, not {pool[0]}")
     if not out.flags.c_contiguous or (residual is not None and not residual.flags.c_contiguous):
         raise ValueError("direct_conv: out and residual must be C-contiguous")
+    x = np.ascontiguousarray(x)
     lanes = max(1, 64 // x.itemsize)
     if out_w <= lanes // 2:
         lanes //= 2
