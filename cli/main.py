@@ -633,9 +633,9 @@ CONVERT_MODEL_RULES = [
     Rule(lambda f: f["keep_lambda"] and not f["relu"],
          lambda f: f"--keep-lambda with --threshold leaves nothing to calibrate in {escape(f['model'])}: it has no "
                    "relu activation; drop --threshold and --keep-lambda"),
-    Rule(lambda f: f["relu"] and f["threshold"] is None,
-         lambda f: f"{escape(f['model'])} has {f['relu']} relu activation(s), which need thresholds from data: add "
-                   "--threshold p99.9 (or max) --calib-data FILE"),
+    Rule(lambda f: f["plain_relu"] and f["threshold"] is None,
+         lambda f: f"{escape(f['model'])} has {f['plain_relu']} relu activation(s) without a maximum, which need "
+                   "thresholds from data: add --threshold p99.9 (or max) --calib-data FILE"),
 ]
 
 
@@ -754,9 +754,12 @@ def convert(ctx, **p):
                                  "follows the extension), or .nir for a NIR graph", param_hint="'--output'")
     output = preflight_output(p["output"], "--output", inputs=(p["model"], p["calib_data"]))
     graph = load_model(p["model"], p["activations"])
+    from evsim.graph import relu_caps
+
     ops = [n.op for n in graph.nodes]
     check_rules(CONVERT_MODEL_RULES, {**facts, "kind": graph.kind, "qcfs": ops.count("qcfs"),
-                                      "relu": ops.count("relu"), "to_nir": to_nir})
+                                      "relu": ops.count("relu"), "plain_relu": ops.count("relu") - len(relu_caps(graph)),
+                                      "to_nir": to_nir})
     v0 = p["v0"]
     if v0 is not None:  # --v0 alone is --potential for convert
         p["potential"] = v0

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .errors import ConversionError, describe
-from .graph import Graph, Node
+from .graph import Graph, Node, relu_caps
 
 __all__ = ["forward", "predict", "accuracy", "conv2d", "qcfs", "qcfs_numpy", "windows", "pool_sum", "channel_affine", "blas_threads"]
 
@@ -179,6 +179,7 @@ def forward(graph: Graph, x: np.ndarray | None, wanted: Iterable[str] | None = N
         if node.name in needed and node.name not in values:
             needed.update(node.inputs)
     fused = _conv_batchnorm(graph, needed, values, wanted)
+    caps = relu_caps(graph)
     for node in graph.nodes:
         if node.name not in needed or node.name in values or node.name in fused.values():
             continue
@@ -195,6 +196,9 @@ def forward(graph: Graph, x: np.ndarray | None, wanted: Iterable[str] | None = N
             raise ConversionError(describe(f"node '{node.name}'", "an op the ANN executor can evaluate",
                                            repr(node.op), "evaluate the ANN model, not the SNN file"))
         values[node.name] = fn(node, [values[name] for name in node.inputs])
+        if node.name in caps:  # a clipped ReLU: min(max(z, 0), λ)
+            value = values[node.name]
+            values[node.name] = np.minimum(value, _channel(caps[node.name].astype(value.dtype), value.ndim))
     return {name: values[name] for name in wanted}
 
 
