@@ -148,19 +148,11 @@ def format_table(headers: list[str], rows: list[list], align: str | None = None)
     return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
 
 
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
 def dumps(data) -> str:
     """JSON for stdout (non-ASCII and lone surrogates escaped, so it always encodes)."""
-    return json.dumps(data, indent=1, default=_json_default)
+    from evsim.results import json_default
+
+    return json.dumps(data, indent=1, default=json_default)
 
 
 def shipped(name: str) -> str:
