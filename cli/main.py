@@ -405,7 +405,8 @@ def build_run_request(ctx: click.Context, p: dict) -> RunRequest:
     report = None
     if p["report"] is not None and p["report"] != STDOUT:
         report = preflight_output(p["report"], "--report", inputs=(p["model"], p["data"]))
-    extra = {"cluster": _cluster(p), "shard_size": p["shard_size"], "checkpoint": None, "layout": p["layout"]}
+    extra = {"cluster": _cluster(p), "shard_size": p["shard_size"], "checkpoint": None, "layout": p["layout"],
+             "bins": p.get("bins")}
     if extra["cluster"] is not None:  # before any work: without the extra, say how to install it
         from evsim.distributed import ENV_SCHEDULER, require_dask
 
@@ -463,7 +464,7 @@ def open_source(request: RunRequest, console: Console):
 
     graph = request.graph
     source = open_data(request.data, graph.input.shape, _n_classes(graph), samples=request.samples,
-                       layout=request.extra["layout"])
+                       layout=request.extra["layout"], bins=request.extra.get("bins"))
     if request.samples is not None and request.samples > source.n:
         console.warn(f"--samples {request.samples:,}: {escape(request.data)} has {source.n:,} samples; "
                      f"using {source.n:,}")
@@ -538,6 +539,9 @@ def execute_sharded_run(request: RunRequest, console: Console):
 @click.option("--no-ann", is_flag=True, help="Do not evaluate the ANN's accuracy (ANN models).")
 @click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
               help="How the data file stores images: channels first, or channels last (Keras/TF data).")
+@click.option("--bins", type=click.IntRange(min=1), default=None,
+              help="AER event lists (DATA with 'events' and 'offsets'): frames per sample to bin each "
+                   "sample's events into (-T defaults to it).")
 @click.option("--no-dense", is_flag=True, help="Never switch a projection to its dense (GEMM) path.")
 @click.option("--time-block", type=click.IntRange(min=1), default=None,
               help="Time-steps simulated per block (default: chosen from EVSIM_MEMORY_LIMIT and the batch).")
