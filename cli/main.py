@@ -148,19 +148,11 @@ def format_table(headers: list[str], rows: list[list], align: str | None = None)
     return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
 
 
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
 def dumps(data) -> str:
     """JSON for stdout (non-ASCII and lone surrogates escaped, so it always encodes)."""
-    return json.dumps(data, indent=1, default=_json_default)
+    from evsim.results import json_default
+
+    return json.dumps(data, indent=1, default=json_default)
 
 
 def shipped(name: str) -> str:
@@ -413,7 +405,8 @@ def build_run_request(ctx: click.Context, p: dict) -> RunRequest:
     report = None
     if p["report"] is not None and p["report"] != STDOUT:
         report = preflight_output(p["report"], "--report", inputs=(p["model"], p["data"]))
-    extra = {"cluster": _cluster(p), "shard_size": p["shard_size"], "checkpoint": None, "layout": p["layout"]}
+    extra = {"cluster": _cluster(p), "shard_size": p["shard_size"], "checkpoint": None, "layout": p["layout"],
+             "bins": p.get("bins")}
     if extra["cluster"] is not None:  # before any work: without the extra, say how to install it
         from evsim.distributed import ENV_SCHEDULER, require_dask
 
@@ -471,7 +464,7 @@ def open_source(request: RunRequest, console: Console):
 
     graph = request.graph
     source = open_data(request.data, graph.input.shape, _n_classes(graph), samples=request.samples,
-                       layout=request.extra["layout"])
+                       layout=request.extra["layout"], bins=request.extra.get("bins"))
     if request.samples is not None and request.samples > source.n:
         console.warn(f"--samples {request.samples:,}: {escape(request.data)} has {source.n:,} samples; "
                      f"using {source.n:,}")
@@ -546,6 +539,9 @@ def execute_sharded_run(request: RunRequest, console: Console):
 @click.option("--no-ann", is_flag=True, help="Do not evaluate the ANN's accuracy (ANN models).")
 @click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
               help="How the data file stores images: channels first, or channels last (Keras/TF data).")
+@click.option("--bins", type=click.IntRange(min=1), default=None,
+              help="AER event lists (DATA with 'events' and 'offsets'): frames per sample to bin each "
+                   "sample's events into (-T defaults to it).")
 @click.option("--no-dense", is_flag=True, help="Never switch a projection to its dense (GEMM) path.")
 @click.option("--time-block", type=click.IntRange(min=1), default=None,
               help="Time-steps simulated per block (default: chosen from EVSIM_MEMORY_LIMIT and the batch).")
@@ -633,9 +629,9 @@ CONVERT_MODEL_RULES = [
     Rule(lambda f: f["keep_lambda"] and not f["relu"],
          lambda f: f"--keep-lambda with --threshold leaves nothing to calibrate in {escape(f['model'])}: it has no "
                    "relu activation; drop --threshold and --keep-lambda"),
-    Rule(lambda f: f["relu"] and f["threshold"] is None,
-         lambda f: f"{escape(f['model'])} has {f['relu']} relu activation(s), which need thresholds from data: add "
-                   "--threshold p99.9 (or max) --calib-data FILE"),
+    Rule(lambda f: f["plain_relu"] and f["threshold"] is None,
+         lambda f: f"{escape(f['model'])} has {f['plain_relu']} relu activation(s) without a maximum, which need "
+                   "thresholds from data: add --threshold p99.9 (or max) --calib-data FILE"),
 ]
 
 
@@ -754,9 +750,12 @@ def convert(ctx, **p):
                                  "follows the extension), or .nir for a NIR graph", param_hint="'--output'")
     output = preflight_output(p["output"], "--output", inputs=(p["model"], p["calib_data"]))
     graph = load_model(p["model"], p["activations"])
+    from evsim.graph import relu_caps
+
     ops = [n.op for n in graph.nodes]
     check_rules(CONVERT_MODEL_RULES, {**facts, "kind": graph.kind, "qcfs": ops.count("qcfs"),
-                                      "relu": ops.count("relu"), "to_nir": to_nir})
+                                      "relu": ops.count("relu"), "plain_relu": ops.count("relu") - len(relu_caps(graph)),
+                                      "to_nir": to_nir})
     v0 = p["v0"]
     if v0 is not None:  # --v0 alone is --potential for convert
         p["potential"] = v0

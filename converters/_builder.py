@@ -530,7 +530,7 @@ def materialize(builder: GraphBuilder, src: str, steps, wanted: str, where: str)
 
     * a chain with one ``floor`` must be QCFS (:func:`match_qcfs`) -> ``qcfs`` node;
     * ``clip(0, ∞)`` -> ``relu``; ``clip(0, λ)`` -> ``relu`` with λ recorded in
-      ``metadata["relu_max"][node]`` (the ANN executor does not clip; conversion uses λ);
+      ``metadata["relu_max"][node]`` (the ANN executor clips there; conversion uses λ as θ);
     * mul/div/add/sub runs -> affine nodes (folded later where possible).
 
     Raises

@@ -33,7 +33,7 @@ from evsim.convert import ConversionOptions, convert
 from evsim.ops import OPS
 from evsim.data_io import check_data
 from evsim.errors import CalibrationError, describe
-from evsim.graph import Graph, Node, validate
+from evsim.graph import Graph, Node, relu_caps, validate
 
 __all__ = [
     "calibrate",
@@ -690,8 +690,9 @@ def calibrate(graph: Graph, x_calib: np.ndarray | None = None, options: Conversi
     stat = parse_statistic(threshold) if threshold is not None else None
 
     where = graph.source
-    relus = [n.name for n in graph.nodes if n.op == "relu"]
-    calibrated = _calibrated_nodes(graph, override_qcfs)
+    caps = relu_caps(graph)  # clipped ReLUs have their λ; a statistic, when given, calibrates them too
+    relus = [n.name for n in graph.nodes if n.op == "relu" and n.name not in caps]
+    calibrated = _calibrated_nodes(graph, override_qcfs) if stat is not None else []
     if relus and stat is None:
         raise CalibrationError(describe(
             where, "a threshold statistic for its relu nodes", f"none ({len(relus)} relu, e.g. '{relus[0]}')",
@@ -745,12 +746,22 @@ def _summary(theta: np.ndarray):
     return {"min": float(theta.min()), "mean": float(theta.mean()), "max": float(theta.max())}
 
 
+def _lambda_source(snn, name: str | None = None) -> str:
+    """Where an uncalibrated threshold came from: a clip's λ (``metadata.relu_max``) or QCFS λ
+    (for the whole model: "qcfs_lambda" as soon as one layer has a QCFS λ)."""
+    clipped = snn.metadata.get("relu_max") or {}
+    if name is not None:
+        return "clip_lambda" if name in clipped else "qcfs_lambda"
+    pops = [n.name for n in snn.nodes if n.op == "neuron"]
+    return "clip_lambda" if pops and all(p in clipped for p in pops) else "qcfs_lambda"
+
+
 def _record(snn, stats, stat, channelwise, include_zeros, override_qcfs, potential, bias, x, n_data, T,
             notes) -> dict:
     """The JSON-ready ``metadata["calibration"]`` entry (None where a choice does not apply)."""
     pops = [n for n in snn.nodes if n.op == "neuron"]
     record = {
-        "threshold_method": stat.method if stat else "qcfs_lambda" if pops else None,
+        "threshold_method": stat.method if stat else _lambda_source(snn) if pops else None,
         "threshold_statistic": stat.name if stat else None,
         "channelwise": bool(channelwise) if stat else None,
         "include_zeros": bool(include_zeros) if stat and stat.method == "percentile" else None,
@@ -773,7 +784,7 @@ def _record(snn, stats, stat, channelwise, include_zeros, override_qcfs, potenti
     if len(pops) <= _LAYERS_IN_METADATA:
         record["layers"] = {
             p.name: {"threshold": _summary(p.arrays["threshold"]),
-                     "source": "calibration" if stats and p.name in stats.thresholds else "qcfs_lambda",
+                     "source": "calibration" if stats and p.name in stats.thresholds else _lambda_source(snn, p.name),
                      **({"estimator": stats.estimator[p.name]} if stats and p.name in stats.estimator else {})}
             for p in pops
         }

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from evsim.errors import ContainerError, ConversionError, EvsimError, ManifestError, describe
+from evsim.h5guard import check_all_heaps, check_string_attribute
 from evsim.importers import Importer, hdf5_keys, is_hdf5, is_zip, zip_names
 
 from ._builder import (GraphBuilder, View, add_conv, add_linear, add_pool, as_float_array, channel_constant,
@@ -157,12 +158,12 @@ def _load(path: Path, limit: int):
             weights_bytes = archive.read("model.weights.h5")
         layers = _model_layers(config, path)
         with h5py.File(io.BytesIO(weights_bytes), "r") as f:
+            check_all_heaps(f, f"{path}, 'model.weights.h5'", weights_bytes)  # vars' names are heap strings
             weights = _Weights(path, limit).keras3(f, layers)
         return config, weights, str(meta.get("keras_version", "3"))
-    from evsim.h5guard import check_string_attribute
-
     with h5py.File(path, "r") as f:
         check_string_attribute(f, path, "model_config", min(limit, MAX_CONFIG_BYTES))  # a corrupt heap hangs libhdf5
+        check_all_heaps(f, path)  # keras_version and the weight names may be heap strings too
         text = _text(f.attrs["model_config"])
         if len(text) > MAX_CONFIG_BYTES:
             raise ContainerError(describe(f"{path}, 'model_config'", f"at most {MAX_CONFIG_BYTES} bytes",

@@ -50,6 +50,7 @@ import numpy as np
 from evsim.errors import (ContainerError, ConversionError, GraphError, ManifestError, MissingDependencyError,
                           describe)
 from evsim.graph import Graph, InputSpec, Node, validate
+from evsim.results import json_default
 
 __all__ = ["NIR_MODEL", "read_nir", "graph_from_nir", "write_nir", "graph_to_nir", "sniff", "register"]
 
@@ -998,7 +999,7 @@ class _Builder:
             info = dict(meta or {})
             if evsim_name is not None and evsim_name != key:
                 info["name"] = evsim_name
-            node.metadata["evsim"] = json.dumps(info, default=_json_default)
+            node.metadata["evsim"] = json.dumps(info, default=json_default)
         self.nodes[key] = node
         return key
 
@@ -1055,15 +1056,9 @@ class _Builder:
                           "std": None if self.g.input.std is None else list(self.g.input.std)},
                 "metadata": self.g.metadata}
         return self.nir.NIRGraph(nodes=self.nodes, edges=self.edges,
-                                 metadata={"evsim": json.dumps(meta, default=_json_default)})
+                                 metadata={"evsim": json.dumps(meta, default=json_default)})
 
 
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def _folded(ex: _Exporter, node: Node, weight: np.ndarray) -> np.ndarray:

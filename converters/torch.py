@@ -5,7 +5,8 @@ shapes and writes the graph in the evsim format v1.  torch is imported only insi
 the evsim core never imports this module.
 
 Supported: ``nn.Conv2d`` (zero padding, ints or 'same'/'valid'), ``nn.Linear``, ``nn.BatchNorm1d/2d``
-(running statistics), ``nn.ReLU`` / ``F.relu`` / ``.relu()``, ``nn.AvgPool2d``, ``nn.AdaptiveAvgPool2d``
+(running statistics), ``nn.ReLU`` / ``F.relu`` / ``.relu()``, ``nn.ReLU6`` / ``nn.Hardtanh(0, λ)`` /
+``clamp(0, λ)`` (a ReLU with a maximum: ``metadata["relu_max"]``), ``nn.AvgPool2d``, ``nn.AdaptiveAvgPool2d``
 (output 1, or dividing the input), ``nn.MaxPool2d``, ``nn.Flatten`` / ``torch.flatten`` /
 ``x.view(x.size(0), -1)`` / ``reshape``, ``nn.Dropout``, ``nn.Identity``, residual ``+`` /
 ``torch.add``, and elementwise arithmetic with constants (``x / 255``, ``(x - mean) / std``, which
@@ -438,11 +439,19 @@ def _relu_module(g: _FxGraph, node, m, src):
     g.extend(node, src, ("clip", 0.0, np.inf))
 
 
+def _relu6_module(g: _FxGraph, node, m, src):
+    g.extend(node, src, ("clip", 0.0, 6.0))  # a ReLU with a maximum (docs/import.md)
+
+
+def _hardtanh_module(g: _FxGraph, node, m, src):
+    g.extend(node, src, ("clip", float(m.min_val), float(m.max_val)))  # clip(0, λ) -> relu with λ
+
+
 def _module_types():
     nn = _torch().nn
     return {
         nn.Conv2d: _conv2d, nn.Linear: _linear, nn.BatchNorm2d: _batchnorm, nn.BatchNorm1d: _batchnorm,
-        nn.ReLU: _relu_module, nn.AvgPool2d: _pool("avgpool2d"), nn.MaxPool2d: _pool("maxpool2d"),
+        nn.ReLU: _relu_module, nn.ReLU6: _relu6_module, nn.Hardtanh: _hardtanh_module, nn.AvgPool2d: _pool("avgpool2d"), nn.MaxPool2d: _pool("maxpool2d"),
         nn.AdaptiveAvgPool2d: _adaptive, nn.Flatten: lambda g, n, m, s: _flatten_module(g, n, m, s),
         nn.Dropout: _alias, nn.Dropout2d: _alias, nn.Identity: _alias,
     }
@@ -512,6 +521,12 @@ def _clamp(g: _FxGraph, node, args, kwargs):
     g.extend(node, node.args[0], ("clip", lo, hi))
 
 
+def _hardtanh_fn(g: _FxGraph, node, args, kwargs):
+    lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+    hi = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+    g.extend(node, node.args[0], ("clip", float(lo), float(hi)))
+
+
 def _flatten_fn(g: _FxGraph, node, args, kwargs):
     start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
     end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
@@ -564,6 +579,8 @@ def _function_table():
         operator.mul: mul, torch.mul: mul, ".mul": mul,
         operator.truediv: div, torch.div: div, ".div": div,
         torch.relu: relu, F.relu: relu, ".relu": relu,
+        F.relu6: lambda g, n, a, k: g.extend(n, n.args[0], ("clip", 0.0, 6.0)),
+        F.hardtanh: _hardtanh_fn,
         torch.clamp: _clamp, torch.clip: _clamp, ".clamp": _clamp, ".clip": _clamp,
         torch.floor: floor, ".floor": floor,
         torch.flatten: _flatten_fn, ".flatten": _flatten_fn,

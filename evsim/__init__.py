@@ -3,6 +3,7 @@
 Light names (file format, graph) import at once; the engine, which needs Numba, is
 imported on first use so that ``import evsim`` and ``evsim --help`` stay fast.
 """
+from . import _omp  # noqa: F401  - first: the OpenMP wait policy must be set before Numba starts threads
 from .convert import ConversionOptions, convert
 from .errors import EvsimError
 from .format import load, save

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .errors import ConversionError, describe
-from .graph import Graph, Node
+from .graph import Graph, Node, relu_caps
 
 __all__ = ["forward", "predict", "accuracy", "conv2d", "qcfs", "qcfs_numpy", "windows", "pool_sum", "channel_affine", "blas_threads"]
 
@@ -183,8 +183,10 @@ def forward(graph: Graph, x: np.ndarray | None, wanted: Iterable[str] | None = N
 
 
 # --------------------------------------------------------------------------- planned, fused execution
-#: activations a convolution's epilogue applies (the ``act`` code of :func:`evsim._kernels.dense.direct_conv`)
+#: activations a convolution's epilogue applies (the ``act`` code of :func:`evsim._kernels.dense.direct_conv`;
+#: a ReLU with a maximum λ, :func:`evsim.graph.relu_caps`, is code 3)
 _FUSED_ACTIVATIONS = {"relu": 1, "qcfs": 2}
+_CLIPPED_RELU = 3
 #: poolings a convolution's epilogue applies (value: divide by the window's area)
 _FUSED_POOLS = {"avgpool2d": True, "sumpool2d": False}
 
@@ -198,7 +200,7 @@ class _Fused:
     def __init__(self, conv: Node, direct: bool):
         self.conv, self.direct = conv, direct
         self.nodes = [conv]
-        self.batchnorm = self.residual = self.activation = self.pool = None
+        self.batchnorm = self.residual = self.activation = self.pool = self.cap = None
         self._arrays: dict = {}
 
     @property
@@ -224,6 +226,8 @@ class _Fused:
             lam = s
             if self.activation is not None and self.activation.op == "qcfs":
                 lam = np.broadcast_to(self.activation.arrays["threshold"].astype(key), (c_out,))
+            elif self.cap is not None:  # a clipped ReLU's maximum λ
+                lam = np.broadcast_to(self.cap.astype(key), (c_out,))
             found = self._arrays[key] = (direct_layout(np.asarray(weight, key)), np.ascontiguousarray(s, key),
                                          np.ascontiguousarray(t, key), np.ascontiguousarray(lam, key))
         return found
@@ -238,6 +242,8 @@ class _Fused:
             value = x
             for prev, node in zip([self.conv.inputs[0]] + [n.name for n in self.nodes], self.nodes):
                 value = OPS[node.op].forward(node, [value if n == prev else values[n] for n in node.inputs])
+                if node is self.activation and self.cap is not None:
+                    value = _clip(value, self.cap)
             return value
         if not self.direct:  # conv2d -> batchnorm only
             p = self.batchnorm.arrays
@@ -265,17 +271,38 @@ class _Fused:
             if buffers is not None:
                 buffers[self] = out
         act = 0 if self.activation is None else _FUSED_ACTIVATIONS[self.activation.op]
+        if self.cap is not None:
+            act = _CLIPPED_RELU
         levels = self.activation.attrs["levels"] if act == 2 else 1
         direct_conv(x, weight, scale, shift, a["padding"][0], a["padding"][1], ho, wo, out, residual, act, levels,
                     lam, pool, divide)
         return out
 
 
+def _clip(value: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """A clipped ReLU's upper bound: ``min(value, λ)`` (λ scalar or per channel)."""
+    return np.minimum(value, _channel(cap.astype(value.dtype), value.ndim))
+
+
+class _Capped:
+    """A planned step: a ReLU with a maximum λ (:func:`evsim.graph.relu_caps`) that no chain took."""
+
+    def __init__(self, node: Node, cap: np.ndarray):
+        self.node, self.cap, self.name = node, cap, node.name
+
+    def run(self, values: dict, buffers: dict | None = None) -> np.ndarray:
+        from .ops import OPS
+
+        return _clip(OPS[self.node.op].forward(self.node, [values[n] for n in self.node.inputs]), self.cap)
+
+
 def _plan(graph: Graph, wanted: list, given: frozenset) -> list:
-    """The steps computing ``wanted`` from the ``given`` values: graph nodes (in order) and
-    :class:`_Fused` chains, each placed at its last node.  Planned once per graph and query:
-    :func:`predict` and :func:`accuracy` run the same plan on every batch."""
+    """The steps computing ``wanted`` from the ``given`` values: graph nodes (in order), :class:`_Fused`
+    chains, each placed at its last node, and :class:`_Capped` clipped ReLUs.  Planned once per graph
+    and query: :func:`predict` and :func:`accuracy` run the same plan on every batch."""
     from .ops import OPS
+
+    caps = relu_caps(graph)
 
     needed = set(wanted)
     for node in reversed(graph.nodes):
@@ -315,6 +342,7 @@ def _plan(graph: Graph, wanted: list, given: frozenset) -> list:
                 nxt = next_private(nxt.name)
             if nxt is not None and nxt.op in _FUSED_ACTIVATIONS:
                 step.activation = nxt
+                step.cap = caps.get(nxt.name)
                 step.nodes.append(nxt)
                 nxt = next_private(nxt.name)
             pa = nxt.attrs if nxt is not None and nxt.op in _FUSED_POOLS else None
@@ -335,7 +363,7 @@ def _plan(graph: Graph, wanted: list, given: frozenset) -> list:
             if OPS[node.op].forward is None:
                 raise ConversionError(describe(f"node '{node.name}'", "an op the ANN executor can evaluate",
                                                repr(node.op), "evaluate the ANN model, not the SNN file"))
-            steps.append(node)
+            steps.append(_Capped(node, caps[node.name]) if node.name in caps else node)
     return steps
 
 
@@ -346,7 +374,7 @@ def _run(steps: list, values: dict, buffers: dict | None = None) -> None:
     from .ops import OPS
 
     for step in steps:
-        if isinstance(step, _Fused):
+        if isinstance(step, (_Fused, _Capped)):
             values[step.name] = step.run(values, buffers)
         else:
             values[step.name] = OPS[step.op].forward(step, [values[name] for name in step.inputs])

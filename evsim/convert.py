@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import ConversionError, describe
-from .graph import Graph, Node, validate
+from .graph import Graph, Node, relu_caps, validate
 from .neurons import V0_RULES, NeuronModel, _short, get_model
 
 __all__ = ["ConversionOptions", "convert", "fold_batchnorm", "initial_potential"]
@@ -214,6 +214,7 @@ def convert(graph: Graph, options: ConversionOptions | None = None,
         raise ConversionError(describe(graph.source, "an ANN model (kind 'ann')", f"kind {graph.kind!r}",
                                        "an SNN file is already converted; run it directly"))
     thresholds, potentials = dict(thresholds or {}), dict(potentials or {})
+    caps = relu_caps(graph)
     snn = fold_batchnorm(graph)
     for i, node in enumerate(snn.nodes):
         if node.op not in ("relu", "qcfs"):
@@ -222,9 +223,11 @@ def convert(graph: Graph, options: ConversionOptions | None = None,
             theta = np.asarray(thresholds.pop(node.name), dtype=np.float64)
         elif node.op == "qcfs":
             theta = node.arrays["threshold"]
+        elif node.name in caps:  # a clipped ReLU min(max(z, 0), λ): an IF neuron of θ = λ saturates there too
+            theta = caps[node.name]
         else:
             raise ConversionError(describe(
-                f"{graph.source}, node '{node.name}'", "a threshold for every relu (QCFS λ or calibration)",
+                f"{graph.source}, node '{node.name}'", "a threshold for every relu (QCFS λ, a clip λ or calibration)",
                 "a plain relu", "calibrate it: evsim convert MODEL --calib-data FILE (or pass thresholds=)"))
         v0 = potentials.pop(node.name, None)
         v0 = initial_potential(theta, options) if v0 is None else np.asarray(v0, dtype=np.float64)

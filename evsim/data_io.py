@@ -10,6 +10,11 @@ later):
 
 ``y`` holds class labels of shape ``(N,)``: integers, or floats holding integers.
 
+Instead of ``x``, a file may hold AER event lists: ``events`` (a record array with fields
+``t, x, y, p``, or an ``(E, 4)`` array of those columns) and ``offsets`` (``N + 1`` integers;
+sample i's events are ``events[offsets[i]:offsets[i+1]]``), binned into ``bins`` event frames
+per sample as they are read (:func:`bin_events`).
+
 Files are read lazily: :func:`open_data` looks only at the declared shapes and dtypes,
 and :meth:`FileSource.read` reads one slice of samples (an h5py slice, a memory-mapped
 stored ``.npz`` member, or a compressed member decompressed only up to the slice), so a
@@ -29,6 +34,10 @@ from .graph import memory_limit
 __all__ = ["open_data", "FileSource", "load_data", "check_data", "check_labels", "check_preprocessed",
            "check_model_precision", "LAYOUTS"]
 
+#: the members a data file may have: inputs, labels, or AER event lists and their per-sample offsets
+KEYS = ("x", "y", "events", "offsets")
+#: the columns of an AER event: time, column, row, polarity (structured fields, or columns 0..3)
+AER_FIELDS = ("t", "x", "y", "p")
 #: sample layouts a file may use for (C, H, W) inputs -> axes that make it (C, H, W)
 LAYOUTS = {"nchw": None, "nhwc": (2, 0, 1)}
 _NUMERIC = "biuf"
@@ -173,7 +182,7 @@ class _H5Reader:
 
         self.file = h5py.File(path, "r")
         self.arrays = {}
-        for key in ("x", "y"):
+        for key in KEYS:
             link = self.file.get(key, getlink=True)
             if link is None:
                 continue
@@ -206,7 +215,7 @@ class _NpzReader:
         self.path, self.limit = path, limit
         self.zip = zipfile.ZipFile(path)
         self.members, self.streams, self.maps = {}, {}, {}
-        for key in ("x", "y"):
+        for key in KEYS:
             try:
                 info = self.zip.getinfo(key + ".npy")
             except KeyError:
@@ -317,11 +326,13 @@ class FileSource:
     """
 
     def __init__(self, path, input_shape, n_classes: int | None = None, samples: int | None = None,
-                 layout: str = "nchw"):
+                 layout: str = "nchw", bins: int | None = None):
         self.path = Path(path)
         self.input_shape = tuple(int(d) for d in input_shape)
         self.n_classes = None if n_classes is None else int(n_classes)
         self.layout = layout
+        self.bins = bins
+        self.aer = False
         self._samples = samples
         self._reader = None
         self._describe()
@@ -359,8 +370,16 @@ class FileSource:
 
     def _check_declared(self, reader, src: str, samples) -> None:
         x_info, y_info = reader.info("x"), reader.info("y")
+        if x_info is None and reader.info("events") is not None:
+            self._check_aer(reader, src, samples, y_info)
+            return
+        if self.bins is not None:
+            raise DataError(describe(f"{src}, --bins", "AER event lists ('events' and 'offsets') to bin",
+                                     "an array 'x'" if x_info is not None else "no 'events'",
+                                     "drop --bins: 'x' is used as it is"))
         if x_info is None:
-            raise DataError(describe(src, "an array 'x' of inputs", "none", "store inputs under the key 'x'"))
+            raise DataError(describe(src, "an array 'x' of inputs (or AER 'events' and 'offsets')", "none",
+                                     "store inputs under the key 'x'"))
         shape, dtype = x_info
         if dtype.kind not in _NUMERIC or dtype.hasobject:
             raise DataError(describe(f"{src}, 'x'", "numeric values", f"dtype {dtype}"))
@@ -368,17 +387,62 @@ class FileSource:
         total = shape[0]
         if total == 0:
             raise DataError(describe(f"{src}, 'x'", "at least one sample", "none"))
+        self._check_label_info(y_info, total, src)
+        self.n = int(total if samples is None else min(int(samples), total))
+        self.dtype = dtype
+        self._sample_bytes = float(np.prod(self._file_sample, dtype=np.float64)) * dtype.itemsize
+
+    def _check_label_info(self, y_info, total: int, src: str) -> None:
         self.has_labels = y_info is not None
         if y_info is not None:
             y_shape, y_dtype = y_info
             if y_dtype.kind not in _NUMERIC or y_dtype.hasobject:
                 raise DataError(describe(f"{src}, 'y'", "integer class labels", f"dtype {y_dtype}"))
             if y_shape != (total,):
-                raise DataError(describe(f"{src}, 'y'", f"labels of shape ({total},), one per sample of 'x'",
+                raise DataError(describe(f"{src}, 'y'", f"labels of shape ({total},), one per sample",
                                          f"{y_shape}" + (" (a single value)" if y_shape == () else "")))
+
+    def _check_aer(self, reader, src: str, samples, y_info) -> None:
+        """AER event lists: ``events`` (E rows of t, x, y, p) and ``offsets`` (N + 1): sample i's
+        events are rows ``offsets[i]:offsets[i+1]``; binned into ``bins`` frames as they are read."""
+        bins = self.bins
+        if bins is None:
+            raise DataError(describe(src, "a number of time bins for its AER event lists", "none",
+                                     "pass --bins N (open_data(..., bins=N)): each sample's events become N frames"))
+        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+            raise DataError(describe(f"{src}, --bins", "an integer >= 1", repr(bins)))
+        if len(self.input_shape) != 3 or self.input_shape[0] not in (1, 2):
+            raise DataError(describe(src, "a model input (2, H, W) (one channel per polarity) or (1, H, W) for "
+                                     "AER events", f"input shape {self.input_shape}"))
+        if self.layout != "nchw":
+            raise DataError(describe(f"{src}, --layout", "no layout for AER events (they carry x and y)",
+                                     repr(self.layout), "drop --layout"))
+        ev_shape, ev_dtype = reader.info("events")
+        if ev_dtype.names is not None:
+            missing = [f for f in AER_FIELDS if f not in ev_dtype.names]
+            bad = [f for f in AER_FIELDS if f not in missing and (ev_dtype[f].kind not in _NUMERIC
+                                                                  or ev_dtype[f].shape != ())]
+            if missing or bad or len(ev_shape) != 1:
+                raise DataError(describe(f"{src}, 'events'", "a 1-D record array with numeric fields t, x, y, p",
+                                         f"shape {ev_shape}, fields {list(ev_dtype.names)}"))
+        elif ev_dtype.kind not in _NUMERIC or len(ev_shape) != 2 or ev_shape[1] != 4:
+            raise DataError(describe(f"{src}, 'events'", "numeric columns t, x, y, p: shape (E, 4), or a record "
+                                     "array with those fields", f"shape {ev_shape}, dtype {ev_dtype}"))
+        off_info = reader.info("offsets")
+        if off_info is None:
+            raise DataError(describe(src, "'offsets' (N + 1 integers: sample i's events are events[offsets[i]:"
+                                     "offsets[i+1]]) next to 'events'", "none"))
+        off_shape, off_dtype = off_info
+        if off_dtype.kind not in "iu" or len(off_shape) != 1 or off_shape[0] < 2:
+            raise DataError(describe(f"{src}, 'offsets'", "a 1-D integer array of N + 1 >= 2 offsets",
+                                     f"shape {off_shape}, dtype {off_dtype}"))
+        total = off_shape[0] - 1
+        self._check_label_info(y_info, total, src)
+        self.aer, self.frames, self._events = True, int(bins), ev_shape[0]
         self.n = int(total if samples is None else min(int(samples), total))
-        self.dtype = dtype
-        self._sample_bytes = float(np.prod(self._file_sample, dtype=np.float64)) * dtype.itemsize
+        self.dtype = np.dtype(np.int32)
+        self._file_sample = (self.frames,) + self.input_shape
+        self._sample_bytes = float(np.prod(self._file_sample, dtype=np.float64)) * 4
 
     # -- reading
     def read(self, start: int, stop: int):
@@ -414,17 +478,55 @@ class FileSource:
                 "use a smaller --batch-size or fewer --samples"))
         reader = self._open()
         try:
-            x = reader.read("x", start, stop)
+            x = self._read_aer(reader, start, stop) if self.aer else reader.read("x", start, stop)
             y = reader.read("y", start, stop) if labels and self.has_labels else None
         except EvsimError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise _unreadable(self.path, exc) from None
-        x = self._to_model_layout(x)
-        _check_finite(x, src, start)
+        if not self.aer:
+            x = self._to_model_layout(x)
+            _check_finite(x, src, start)
         if y is not None:
             y = check_labels(y, self.n_classes, src, start)
         return x, y
+
+    def _read_aer(self, reader, start: int, stop: int) -> np.ndarray:
+        """Samples ``[start, stop)`` of AER event lists as event frames ``(B, bins, C, H, W)`` of counts."""
+        src = str(self.path)
+        off = reader.read("offsets", start, stop + 1).astype(np.int64)
+        counts = np.diff(off)
+        if off[0] < 0 or off[-1] > self._events or np.any(counts < 0):
+            bad = int(np.argmax(counts < 0)) if np.any(counts < 0) else 0
+            raise DataError(describe(f"{src}, 'offsets'", f"non-decreasing offsets within [0, {self._events}] "
+                                     "(the number of events)", f"offsets[{start + bad}:{start + bad + 2}] = "
+                                     f"{off[bad:bad + 2].tolist()}" if np.any(counts < 0) else
+                                     f"a range [{off[0]}, {off[-1]}] for samples [{start}, {stop})"))
+        _, ev_dtype = reader.info("events")
+        need = float(off[-1] - off[0]) * ev_dtype.itemsize
+        if need > memory_limit():
+            raise ResourceLimitError(describe(
+                src, f"the events of one batch in at most {memory_limit()} bytes (EVSIM_MEMORY_LIMIT)",
+                f"{off[-1] - off[0]} events for samples [{start}, {stop})", "use a smaller --batch-size"))
+        events = reader.read("events", int(off[0]), int(off[-1])) if off[-1] > off[0] else \
+            np.zeros((0,) if ev_dtype.names else (0, 4), ev_dtype)
+        columns = [events[f] if ev_dtype.names else events[:, i] for i, f in enumerate(AER_FIELDS)]
+        t, x, y, p = (np.asarray(c, dtype=np.float64) for c in columns)
+        c, h, w = self.input_shape
+        sample = np.repeat(np.arange(stop - start), counts)
+        for name, values, bound in (("x", x, w), ("y", y, h)):
+            bad = ~((values >= 0) & (values < bound) & (values == np.floor(values)))
+            if np.any(bad):
+                i = int(np.argmax(bad))
+                raise DataError(describe(f"{src}, 'events' of sample {start + int(sample[i])}",
+                                         f"integer {name} in [0, {bound}) (the model input is {c}x{h}x{w})",
+                                         f"{name} = {values[i]:g} at event {int(off[0]) + i}"))
+        bad = ~np.isfinite(t) | ~np.isfinite(p)
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            raise DataError(describe(f"{src}, 'events' of sample {start + int(sample[i])}", "finite t and p",
+                                     f"t = {t[i]:g}, p = {p[i]:g} at event {int(off[0]) + i}"))
+        return bin_events(t, x.astype(np.int64), y.astype(np.int64), p, counts, self.frames, self.input_shape)
 
     def _to_model_layout(self, x: np.ndarray) -> np.ndarray:
         if not x.dtype.isnative:
@@ -479,8 +581,35 @@ class FileSource:
         return f"FileSource({str(self.path)!r}, n={self.n}, input_shape={self.input_shape}{frames})"
 
 
+def bin_events(t, x, y, p, counts, bins: int, input_shape) -> np.ndarray:
+    """AER events of consecutive samples as event frames ``(B, bins, C, H, W)`` (int32 counts).
+
+    Each sample's time span ``[t_first, t_last]`` is cut into ``bins`` equal bins (the last
+    event falls in the last bin; a sample whose events all share one time is one bin 0);
+    an event adds 1 at its pixel ``(y, x)`` in channel ``p > 0`` (two channels: OFF, ON) or 0
+    (one channel).  ``counts[i]`` events belong to sample ``i``, in order.
+    """
+    n = len(counts)
+    c, h, w = (int(d) for d in input_shape)
+    frames = np.zeros((n, bins, c, h, w), np.int32)
+    if len(t) == 0:
+        return frames
+    sample = np.repeat(np.arange(n), counts)
+    first, last = np.full(n, np.inf), np.full(n, -np.inf)
+    np.minimum.at(first, sample, t)
+    np.maximum.at(last, sample, t)
+    span = (last - first)[sample]
+    rel = t - first[sample]
+    b = np.where(span > 0, np.floor(rel * bins / np.where(span > 0, span, 1.0)), 0.0)
+    b = np.minimum(b, bins - 1).astype(np.int64)
+    channel = (p > 0).astype(np.int64) if c == 2 else np.zeros(len(t), np.int64)
+    flat = (((sample * bins + b) * c + channel) * h + y) * w + x
+    frames.reshape(-1)[:] = np.bincount(flat, minlength=frames.size).astype(np.int32)
+    return frames
+
+
 def open_data(path, input_shape, n_classes: int | None = None, samples: int | None = None,
-              layout: str = "nchw") -> FileSource:
+              layout: str = "nchw", bins: int | None = None) -> FileSource:
     """Open a data file lazily: only declared shapes and dtypes are read now.
 
     Parameters
@@ -496,6 +625,10 @@ def open_data(path, input_shape, n_classes: int | None = None, samples: int | No
     layout : {"nchw", "nhwc"}
         How the file stores (C, H, W) samples; ``"nhwc"`` (channels last) is transposed
         on reading.
+    bins : int, optional
+        For AER event lists (``events`` and ``offsets`` instead of ``x``): the number of
+        frames each sample's events are binned into (:func:`bin_events`); required for
+        them, refused for ``x`` data.
 
     Returns
     -------
@@ -507,7 +640,7 @@ def open_data(path, input_shape, n_classes: int | None = None, samples: int | No
         Missing file or ``x``, non-numeric dtype, shapes that do not fit the model, ``y``
         not one label per sample.
     """
-    return FileSource(path, input_shape, n_classes, samples, layout)
+    return FileSource(path, input_shape, n_classes, samples, layout, bins)
 
 
 def load_data(path, input_shape, n_classes: int | None = None, samples: int | None = None, *,

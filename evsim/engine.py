@@ -52,6 +52,8 @@ from .format import load
 from .graph import Graph, memory_limit
 from .neurons import NEGATIVE_THRESHOLD, get_model
 from .results import COUNTERS, BatchResult, Results, RunPlan
+from ._omp import policy_in_force
+from .threads import ThreadBudget, adapt_enabled
 
 __all__ = ["simulate", "Simulator", "PRECISIONS", "as_network", "plan_run", "check_run_memory", "time_block"]
 
@@ -264,6 +266,8 @@ class Simulator:
         # one count dtype for all events (buffers are shared): wide enough for every population
         self.count_dtype = _count_dtype(network)
         self.stages, _ = _plan(network)
+        self.thread_budget = ThreadBudget()
+        self.last_threads = None  # the Numba threads the last batch ran on
         self.memory = _MemoryModel(network, self.dtype)
         self.buffers = _Buffers()
         self._bounds: dict[tuple, np.ndarray] = {}
@@ -321,9 +325,17 @@ class Simulator:
 
         steps = self.block_steps(len(x), T)
         self.memory.check(len(x), T, steps)
-        # work items differ in size (steps, parts of a layer): hand them out one at a time
-        with numba.parallel_chunksize(1):
-            predictions, stats, logits, counts = self._run_batch(x, T, steps, record)
+        configured = numba.get_num_threads()
+        # no more threads than idle cores: a thread waiting for a busy core stalls every region
+        threads = self.thread_budget.threads(configured) if adapt_enabled() else configured
+        numba.set_num_threads(threads)
+        try:
+            # work items differ in size (steps, parts of a layer): hand them out one at a time
+            with numba.parallel_chunksize(1):
+                predictions, stats, logits, counts = self._run_batch(x, T, steps, record)
+        finally:
+            numba.set_num_threads(configured)
+        self.last_threads = threads
         correct = None if y is None else (predictions == np.asarray(y)[:, None]).sum(axis=0).astype(np.int64)
         layers = {name: {c: np.ascontiguousarray(stat[:, i]) for i, c in enumerate(COUNTERS)}
                   for name, stat in stats.items()}
@@ -728,7 +740,8 @@ def engine_settings() -> dict:
     from .compile import dense_enabled
 
     return {"time_block": _env_time_block() or "auto", "dense": dense_enabled(),
-            "conv_kernel": os.environ.get("EVSIM_CONV_KERNEL", "auto").strip().lower() or "auto"}
+            "conv_kernel": os.environ.get("EVSIM_CONV_KERNEL", "auto").strip().lower() or "auto",
+            "adapt_threads": adapt_enabled(), "omp_wait_policy": policy_in_force()}
 
 
 def plan_run(network: Network, n_samples: int, T: int = 32, batch_size: int = 64, precision: str = "float32",

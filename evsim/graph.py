@@ -376,7 +376,61 @@ def validate(graph: Graph, limit: int | None = None) -> Graph:
         raise GraphError(describe(f"{src}, output '{graph.output}'", "a node without activation (the logits)",
                                   f"op {graph.node(graph.output).op!r}"))
     _check_all_used(graph, src)
+    relu_caps(graph)
     return graph
+
+
+def relu_caps(graph: Graph) -> dict[str, np.ndarray]:
+    """The upper bound λ of every clipped ReLU of an ANN graph, by node name.
+
+    A ReLU with a maximum (Keras ``ReLU(max_value)``, ONNX ``Clip(0, λ)``, PyTorch ``ReLU6`` /
+    ``clamp(0, λ)``) is a ``relu`` node whose λ is recorded in ``metadata["relu_max"]``
+    (``{"node": λ}``, a number or one per channel; format v1 keeps unknown metadata): the ANN
+    executor computes ``min(max(z, 0), λ)`` there, and conversion uses λ as that layer's
+    threshold unless calibration gives one (docs/import.md).
+
+    Returns
+    -------
+    dict
+        Node name -> λ as a float64 array of shape ``()`` or ``(C,)``; empty for SNN graphs.
+
+    Raises
+    ------
+    ManifestError
+        ``relu_max`` that is not a mapping of relu node names to positive finite numbers
+        (one, or one per channel).
+    """
+    raw = graph.metadata.get("relu_max") if isinstance(graph.metadata, dict) else None
+    if raw is None or graph.kind != "ann":
+        return {}
+    where = f"{graph.source}, metadata.relu_max"
+    if not isinstance(raw, dict):
+        raise ManifestError(describe(where, "a mapping of relu node names to their maximum λ",
+                                     type(raw).__name__))
+    nodes = {node.name: node for node in graph.nodes}
+    caps = {}
+    for name, value in raw.items():
+        node = nodes.get(name)
+        if node is None or node.op != "relu":
+            raise ManifestError(describe(f"{where}, {name!r}", "the name of a relu node",
+                                         "no such node" if node is None else f"op {node.op!r}",
+                                         "remove the entry or rename it to its relu node"))
+        channels = node.shape[0] if node.shape else None
+        try:
+            lam = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            lam = None
+        if lam is None or lam.shape not in ((), (channels,)) or not np.all(np.isfinite(lam)) or np.any(lam <= 0):
+            found = "not numbers" if lam is None else f"shape {lam.shape}, values {_short(lam)}"
+            raise ManifestError(describe(f"{where}, {name!r}", f"a positive finite λ, or one per channel ({channels})",
+                                         found))
+        caps[name] = lam
+    return caps
+
+
+def _short(values: np.ndarray) -> str:
+    flat = values.reshape(-1)
+    return "[" + ", ".join(f"{v:g}" for v in flat[:4]) + (", ...]" if flat.size > 4 else "]")
 
 
 def _elements(shape) -> int:

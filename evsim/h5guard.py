@@ -26,12 +26,13 @@ bounded loops; it costs well under a millisecond on a normal file (``docs/format
 """
 from __future__ import annotations
 
+import io
 import mmap
 from pathlib import Path
 
 from .errors import ContainerError, ResourceLimitError, describe
 
-__all__ = ["check_string_attribute", "check_global_heap"]
+__all__ = ["check_string_attribute", "check_global_heap", "check_all_heaps"]
 
 _GCOL = b"GCOL"
 _MIN_COLLECTION = 4096  # H5HG_MINSIZE: libhdf5 reads at least this much of a collection
@@ -94,12 +95,53 @@ def _scan_all_heaps(fh, filesize: int, sizeof_size: int) -> None:
     """Fallback: check every block in the file that starts like a global heap collection."""
     if filesize == 0:
         return
+    if isinstance(fh, io.BytesIO):  # an HDF5 file held in memory (a .keras member)
+        _scan_view(fh, fh.getbuffer().tobytes(), filesize, sizeof_size)
+        return
     with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        at = view.find(_GCOL)
-        while at >= 0:
-            if at + 5 <= filesize and view[at + 4] == 1:
-                check_global_heap(fh, at, filesize, sizeof_size)
-            at = view.find(_GCOL, at + 1)
+        _scan_view(fh, view, filesize, sizeof_size)
+
+
+def _scan_view(fh, view, filesize: int, sizeof_size: int) -> None:
+    at = view.find(_GCOL)
+    while at >= 0:
+        if at + 5 <= filesize and view[at + 4] == 1:
+            check_global_heap(fh, at, filesize, sizeof_size)
+        at = view.find(_GCOL, at + 1)
+
+
+def check_all_heaps(f, path, source=None) -> None:
+    """Refuse a file any of whose global heap collections would make libhdf5 spin.
+
+    Every variable-length string (attribute or dataset) lives in a global heap collection;
+    call this before reading such strings whose location :func:`check_string_attribute` does
+    not pin down (e.g. a Keras file's ``layer_names`` / ``weight_names`` / ``keras_version``).
+    The scan reads the file once (a memory map); it costs milliseconds per 100 MB.
+
+    Parameters
+    ----------
+    f : h5py.File
+        The open file (for its address and length sizes).
+    path : str or Path
+        Named in the error; read when ``source`` is None.
+    source : bytes, optional
+        The file's bytes when it is held in memory (a member of an archive).
+
+    Raises
+    ------
+    ContainerError
+        A malformed global heap collection.
+    """
+    _, sizeof_size = f.id.get_create_plist().get_sizes()
+    try:
+        if source is not None:
+            _scan_all_heaps(io.BytesIO(source), len(source), sizeof_size)
+        else:
+            with open(path, "rb") as fh:
+                _scan_all_heaps(fh, Path(path).stat().st_size, sizeof_size)
+    except _Corrupt as exc:
+        raise ContainerError(describe(str(path), "readable HDF5 strings",
+                                      f"a corrupted file ({exc})", "re-export the model")) from None
 
 
 # --------------------------------------------------------------------------- object header

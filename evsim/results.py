@@ -285,12 +285,14 @@ class Results:
 
     def save(self, path) -> None:
         """Write the JSON report atomically."""
-        text = json.dumps(self.to_dict(), indent=1, default=_json_default)
+        text = json.dumps(self.to_dict(), indent=1, default=json_default)
         atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
 
 
-def _json_default(value):
-    if isinstance(value, (np.generic,)):
+def json_default(value):
+    """``json.dumps(..., default=json_default)``: NumPy scalars and arrays as Python values, anything
+    else as its ``str`` (reports and metadata must never fail to serialise)."""
+    if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()

@@ -254,9 +254,15 @@ def test_clip_is_relu_with_recorded_max(tmp_path):
     graph = evsim.load(path)
     relu = [n for n in graph.nodes if n.op == "relu"]
     assert len(relu) == 1 and graph.metadata["relu_max"] == {relu[0].name: 0.5}
-    # the ANN executor evaluates an unclipped ReLU: equal to the reference where nothing exceeds the max
-    x = f32(3, 2, 6, 6, scale=0.01)
+    # the ANN executor clips at the max: equal to ONNX's reference evaluator where many values exceed it
+    x = f32(3, 2, 6, 6)
+    conv = forward(graph, x, wanted=[graph.node(relu[0].name).inputs[0]])
+    assert np.mean(next(iter(conv.values())) > 0.5) > 0.1  # the clip is exercised
     assert_logits(forward(graph, x, dtype=np.float64)[graph.output], reference(model, x))
+    assert_logits(forward(graph, x, dtype=np.float32)[graph.output], reference(model, x), rel=1e-5)
+    # conversion: θ = the clip's λ without calibration data
+    snn = evsim.convert(graph)
+    assert float(snn.node(relu[0].name).arrays["threshold"]) == 0.5
 
 
 def test_constant_subgraph_folded_and_qcfs_per_channel(tmp_path):

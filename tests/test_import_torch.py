@@ -145,3 +145,35 @@ def test_unknown_function_and_fake_qcfs_refused():
 
     with pytest.raises(ConversionError, match="module 'act' \\(NotQCFS\\).*QCFS activation"):
         export(TinyNet(NotQCFS()).eval(), torch.zeros(2, 1, 8, 8))
+
+
+class ClippedNet(nn.Module):
+    """Every ReLU-with-a-maximum spelling PyTorch has (nn.ReLU6, nn.Hardtanh(0, λ), F.relu6, clamp)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.a1 = nn.Conv2d(1, 4, 3, padding=1), nn.ReLU6()
+        self.c2, self.a2 = nn.Conv2d(4, 4, 3, padding=1), nn.Hardtanh(0.0, 0.75)
+        self.c3 = nn.Conv2d(4, 4, 3, padding=1)
+        self.c4 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        x = self.a2(self.c2(self.a1(self.c1(x))))
+        x = torch.nn.functional.relu6(self.c3(x) * 8)
+        x = torch.clamp(self.c4(x), 0, 0.5)
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_relu_with_a_maximum_is_clipped_and_converts_with_its_lambda(tmp_path):
+    torch.manual_seed(3)
+    net = ClippedNet().eval()
+    x = np.random.default_rng(1).normal(size=(5, 1, 6, 6)).astype(np.float32) * 4
+    graph = export(net, x[:2], tmp_path / "clipped.h5")
+    relus = [n.name for n in graph.nodes if n.op == "relu"]
+    assert len(relus) == 4 and sorted(graph.metadata["relu_max"].values()) == [0.5, 0.75, 6.0, 6.0]
+    assert evsim.load(tmp_path / "clipped.h5").metadata["relu_max"] == graph.metadata["relu_max"]
+    assert_logits(forward(graph, x)[graph.output], torch_logits(net, x))
+    snn = evsim.convert(graph)
+    assert {n.name: float(n.arrays["threshold"]) for n in snn.nodes if n.op == "neuron"} == \
+        {name: graph.metadata["relu_max"][name] for name in relus}

@@ -89,6 +89,8 @@ def numpy_forward(graph, x):
             v = xs[0] + xs[1]
         elif node.op == "relu":
             v = np.maximum(xs[0], 0)
+            if node.name in graph.metadata.get("relu_max", {}):  # a clipped ReLU
+                v = np.minimum(v, np.reshape(graph.metadata["relu_max"][node.name], (1, -1, 1, 1)))
         elif node.op == "qcfs":
             v = ann.qcfs_numpy(xs[0], p["threshold"], a["levels"])
         elif node.op in ("avgpool2d", "sumpool2d"):
@@ -132,9 +134,12 @@ def chain_graph(rng, k, pad, stride, groups, c_out, width, bn, residual, act, po
                         {"weight": rng.normal(0, 0.3, nodes[1].arrays["weight"].shape)})
         nodes.append(Node("add", "add", (cur, "side") if rng.random() < 0.5 else ("side", cur)))
         cur = "add"
-    if act == "relu":
+    relu_max = {}
+    if act in ("relu", "clipped"):
         nodes.append(Node("act", "relu", (cur,)))
         cur = "act"
+        if act == "clipped":  # a ReLU with a maximum λ (one, or one per channel)
+            relu_max["act"] = np.asarray(rng.uniform(0.2, 1.0, c_out if rng.random() < 0.5 else None)).tolist()
     elif act == "qcfs":
         theta = rng.uniform(0.3, 1.5, c_out if rng.random() < 0.5 else None)
         nodes.append(Node("act", "qcfs", (cur,), {"levels": int(rng.integers(1, 9))}, {"threshold": np.asarray(theta)}))
@@ -149,7 +154,7 @@ def chain_graph(rng, k, pad, stride, groups, c_out, width, bn, residual, act, po
     features = int(np.prod(graph.node("flatten").shape))
     nodes.append(Node("fc", "linear", ("flatten",), {}, {"weight": rng.normal(0, 1 / np.sqrt(features), (5, features)),
                                                          "bias": rng.normal(0, 0.1, 5)}))
-    return validate(Graph(spec, nodes, "fc"))
+    return validate(Graph(spec, nodes, "fc", metadata={"relu_max": relu_max} if relu_max else {}))
 
 
 POOLS = st.sampled_from([None, ("avgpool2d", 2, 2, 2, 2), ("sumpool2d", 2, 2, 2, 2), ("avgpool2d", 1, 2, 1, 2),
@@ -161,7 +166,7 @@ POOLS = st.sampled_from([None, ("avgpool2d", 2, 2, 2, 2), ("sumpool2d", 2, 2, 2,
 @given(seed=st.integers(0, 2**32 - 1), k=st.sampled_from([1, 2, 3, 5]), pad=st.integers(0, 2),
        stride=st.sampled_from([1, 1, 1, 2]), groups=st.sampled_from([1, 1, 2]), c_out=st.integers(1, 19),
        width=st.sampled_from([1, 3, 7, 14, 16, 17, 33]), bn=st.booleans(), residual=st.booleans(),
-       act=st.sampled_from([None, "relu", "qcfs"]), pool=POOLS, batch=st.sampled_from([1, 2, 5]))
+       act=st.sampled_from([None, "relu", "clipped", "qcfs"]), pool=POOLS, batch=st.sampled_from([1, 2, 5]))
 def test_fused_chain_equals_numpy_forward(seed, k, pad, stride, groups, c_out, width, bn, residual, act, pool, batch):
     """conv -> batchnorm -> residual add -> activation -> pooling, fused into one kernel where the executor
     can (stride 1, groups 1, windows of one or two rows, output channels not a multiple of 8, widths

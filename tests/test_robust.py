@@ -443,13 +443,20 @@ _CHILD = textwrap.dedent("""
 """)
 
 
+def _default_action(signum):
+    if signum != signal.SIGKILL:
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, -signal.SIGINT),
                                           (signal.SIGHUP, -signal.SIGHUP), (signal.SIGKILL, -signal.SIGKILL)])
 def test_signals_during_a_write_leave_no_temp_file(tmp_path, signum, code):
     out = tmp_path / "r.json"
     out.write_text("previous")
+    # the signal's default action in the child, whatever this process inherited (under nohup SIGHUP is
+    # ignored, and atomic_write rightly keeps an ignored signal ignored)
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: _default_action(signum))
     assert proc.stdout.readline() == "writing\n"
     assert len(_temps(tmp_path)) == 1
     proc.send_signal(signum)

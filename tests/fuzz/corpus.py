@@ -567,6 +567,80 @@ data_cases = st.builds(DataCase, st.sampled_from([".npz", ".h5"]),
                        st.lists(data_changes, min_size=1, max_size=3).map(tuple))
 
 
+# --------------------------------------------------------------------------- AER event lists (--bins)
+AER_FIELDS = [("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "u1")]
+
+
+def base_aer() -> dict:
+    """AER event lists for the (1, 6, 6) input: ``events`` records, ``offsets``, ``y``; sample 2 is empty."""
+    r = _rng(5)
+    counts = r.integers(1, 12, DATA_SAMPLES)
+    counts[2] = 0
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    events = np.zeros(offsets[-1], AER_FIELDS)
+    events["t"] = np.sort(r.integers(0, 10_000, len(events)))
+    events["x"], events["y"] = r.integers(0, 6, len(events)), r.integers(0, 6, len(events))
+    events["p"] = r.integers(0, 2, len(events))
+    return {"events": events, "offsets": offsets, "y": r.integers(0, N_CLASSES, DATA_SAMPLES).astype(np.int64)}
+
+
+AER_VALUES = [math.nan, math.inf, -math.inf, -1, 6, 7, 2**15 - 1, 1e300, -1e300, 0.5, 2**62]
+
+
+@dataclass(frozen=True)
+class AerCase:
+    suffix: str
+    changes: tuple
+
+    def write(self, path: Path) -> Path | None:
+        arrays = base_aer()
+        for kind, a, b in self.changes:
+            try:
+                self._change(arrays, kind, a, b)
+            except (IndexError, ValueError, TypeError, OverflowError, KeyError):
+                continue  # not applicable to what earlier changes left
+        try:
+            return write_data(path.with_suffix(self.suffix), arrays)
+        except (TypeError, ValueError, OverflowError):
+            return None
+
+    @staticmethod
+    def _change(arrays: dict, kind: str, a: int, b: int) -> None:
+        if kind == "event":  # one field of one event: out of range, non-finite, fractional
+            ev = arrays["events"]
+            field = ["t", "x", "y", "p"][a % 4]
+            wide = np.zeros(len(ev), [(name, "<f8") for name in ev.dtype.names])
+            for name in ev.dtype.names:
+                wide[name] = ev[name]
+            wide[field][b % len(wide)] = AER_VALUES[b % len(AER_VALUES)]
+            arrays["events"] = wide
+        elif kind == "offset":
+            off = arrays["offsets"].copy()
+            off[a % len(off)] = INTERESTING_INTS[b % len(INTERESTING_INTS)] % (2**63)
+            arrays["offsets"] = off
+        elif kind == "columns":  # plain columns of the wrong width or dtype
+            ev = arrays["events"]
+            cols = np.stack([ev[n].astype(np.float64) for n in ev.dtype.names], axis=1)
+            arrays["events"] = [cols, cols[:, :3], cols.astype(np.complex64), cols.reshape(-1), cols[:0]][b % 5]
+        elif kind == "fields":  # a field missing, renamed or of a non-numeric type
+            ev = arrays["events"]
+            names = list(ev.dtype.names)
+            names[a % 4] = ["tt", "x", "q", "y"][b % 4]
+            arrays["events"] = ev.astype({"names": names, "formats": [ev.dtype[i] for i in range(4)]}) \
+                if len(set(names)) == 4 else ev[["t", "x", "y"]]
+        elif kind == "offsets_shape":
+            off = arrays["offsets"]
+            arrays["offsets"] = [off[:1], off.astype(np.float64), off[:, None], off[::-1].copy(), off[:3]][b % 5]
+        elif kind == "remove":
+            arrays.pop(["events", "offsets", "y"][a % 3])
+
+
+aer_changes = st.tuples(st.sampled_from(["event", "offset", "columns", "fields", "offsets_shape", "remove"]),
+                        st.integers(0, 100), st.integers(0, 1000))
+aer_cases = st.builds(AerCase, st.sampled_from([".npz", ".h5"]),
+                      st.lists(aer_changes, min_size=1, max_size=3).map(tuple))
+
+
 def write_all(cases, directory: Path) -> list[Path]:
     """Write each case to ``directory/case<i>``; cases NumPy/h5py cannot store are skipped."""
     files = []

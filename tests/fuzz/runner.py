@@ -2,7 +2,8 @@
 
 Usage: ``python runner.py MODE LISTFILE`` with MODE ``model`` (``evsim.load``, the summary
 ``inspect`` prints, then conversion and compilation into a network) or ``data``
-(``open_data`` + reading every sample + ``load_data``).  For each file it prints
+(``open_data`` + reading every sample + ``load_data``) or ``aer`` (AER event lists binned
+with ``bins=3``).  For each file it prints
 ``{"start": i}`` before and ``{"i": i, "outcome": ..., "detail": ...}`` after, one JSON
 line each, flushed; the parent watches the lines, so a hang or a crash is pinned on the
 file that was started and never finished.
@@ -38,7 +39,18 @@ def run_data(path: str) -> None:
     load_data(path, INPUT_SHAPE, N_CLASSES, samples=3)
 
 
-MODES = {"model": run_model, "data": run_data}
+def run_aer(path: str) -> None:
+    from evsim.data_io import open_data
+
+    from corpus import INPUT_SHAPE, N_CLASSES
+
+    with open_data(path, INPUT_SHAPE, N_CLASSES, samples=6, bins=3) as source:
+        for start in range(0, source.n, 4):
+            x, _ = source.read(start, min(source.n, start + 4))
+            assert x.shape[1:] == (3,) + INPUT_SHAPE and x.min(initial=0) >= 0  # counts, as the engine expects
+
+
+MODES = {"model": run_model, "data": run_data, "aer": run_aer}
 
 
 def main() -> None:

@@ -114,6 +114,21 @@ def test_data_byte_mutations_are_refused_cleanly(batch, tmp_path_factory):
     _data_bytes(batch, tmp_path_factory)
 
 
+@settings(CI, max_examples=2)
+@given(batch=st.lists(corpus.aer_cases, min_size=50, max_size=50))
+def test_aer_mutations_are_refused_cleanly(batch, tmp_path_factory):
+    d = _fresh(tmp_path_factory, "aer")
+    _check(harness.run_api("aer", corpus.write_all(batch, d)), d)
+
+
+@pytest.mark.fuzz
+@LONG
+@given(batch=st.lists(corpus.aer_cases, min_size=50, max_size=50))
+def test_campaign_aer(batch, tmp_path_factory):
+    d = _fresh(tmp_path_factory, "aer")
+    _check(harness.run_api("aer", corpus.write_all(batch, d)), d)
+
+
 # --------------------------------------------------------------------------- the CLI
 def _cli(models, data, structure, mild, data_batch, byte_batch, tmp_path_factory, runs: int, inspects: int):
     d = _fresh(tmp_path_factory, "cli")
