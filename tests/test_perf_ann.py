@@ -4,12 +4,13 @@ import importlib.resources as res
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
 import reference as ref
 from evsim import ann
+from evsim.errors import GraphError
 from evsim.format import load
 
 SOME = settings(deadline=None, max_examples=40)
@@ -71,6 +72,156 @@ def test_pool_sum_and_channel_affine(seed, k, stride, pad, dtype):
     scale, shift = rng.standard_normal(3), rng.standard_normal(3)
     np.testing.assert_array_equal(ann.channel_affine(x, scale, shift),
                                   x * scale.astype(dtype).reshape(1, 3, 1, 1) + shift.astype(dtype).reshape(1, 3, 1, 1))
+
+
+# --------------------------------------------------------------------------- fused convolution chains
+def numpy_forward(graph, x):
+    """The plain NumPy definition of every op the executor fuses (float64, op by op)."""
+    values = {"input": graph.input.preprocess(x, np.float64)}
+    for node in graph.nodes:
+        xs, a, p = [values[n] for n in node.inputs], node.attrs, node.arrays
+        if node.op == "conv2d":
+            v = conv_einsum(xs[0], p["weight"], p.get("bias"), a["stride"], a["padding"], a["dilation"], a["groups"])
+        elif node.op == "batchnorm":
+            scale = p["gamma"] / np.sqrt(p["var"] + a["eps"])
+            v = xs[0] * scale.reshape(1, -1, 1, 1) + (p["beta"] - p["mean"] * scale).reshape(1, -1, 1, 1)
+        elif node.op == "add":
+            v = xs[0] + xs[1]
+        elif node.op == "relu":
+            v = np.maximum(xs[0], 0)
+        elif node.op == "qcfs":
+            v = ann.qcfs_numpy(xs[0], p["threshold"], a["levels"])
+        elif node.op in ("avgpool2d", "sumpool2d"):
+            v = ann.windows(xs[0], a["kernel"], a["stride"], a["padding"]).sum(axis=(4, 5))
+            v = v / (a["kernel"][0] * a["kernel"][1]) if node.op == "avgpool2d" else v
+        elif node.op == "flatten":
+            v = xs[0].reshape(len(xs[0]), -1)
+        else:
+            v = xs[0] @ p["weight"].T + p["bias"]
+        values[node.name] = v
+    return values[graph.output]
+
+
+def chain_graph(rng, k, pad, stride, groups, c_out, width, bn, residual, act, pool):
+    """input -> conv2d [-> batchnorm] [-> add(residual conv)] [-> act] [-> pool] -> flatten -> linear."""
+    from evsim.graph import Graph, InputSpec, Node, validate
+
+    c_in = groups * int(rng.integers(1, 4))
+    c_out = groups * max(1, c_out // groups)
+    h = int(rng.integers(k, 2 * k + 6))
+    spec = InputSpec((c_in, h, width), scale=0.5, mean=(0.1,), std=(0.9,))
+    nodes = []
+
+    def conv(name):
+        arrays = {"weight": rng.normal(0, 1 / np.sqrt(c_in * k * k), (c_out, c_in // groups, k, k))}
+        if rng.random() < 0.5:
+            arrays["bias"] = rng.normal(0, 0.2, c_out)
+        nodes.append(Node(name, "conv2d", ("input",), {"stride": [stride, stride], "padding": [pad, pad],
+                                                       "dilation": [1, 1], "groups": groups}, arrays))
+        return name
+
+    cur = conv("conv")
+    if bn:
+        nodes.append(Node("bn", "batchnorm", (cur,), {"eps": 1e-5}, {
+            "mean": rng.normal(0, 0.1, c_out), "var": rng.uniform(0.5, 1.5, c_out),
+            "gamma": rng.uniform(0.5, 1.5, c_out), "beta": rng.normal(0, 0.1, c_out)}))
+        cur = "bn"
+    if residual:
+        nodes.insert(0, nodes[0])  # the residual's conv first: it must be computed before the add
+        nodes[0] = Node("side", "conv2d", ("input",), dict(nodes[1].attrs),
+                        {"weight": rng.normal(0, 0.3, nodes[1].arrays["weight"].shape)})
+        nodes.append(Node("add", "add", (cur, "side") if rng.random() < 0.5 else ("side", cur)))
+        cur = "add"
+    if act == "relu":
+        nodes.append(Node("act", "relu", (cur,)))
+        cur = "act"
+    elif act == "qcfs":
+        theta = rng.uniform(0.3, 1.5, c_out if rng.random() < 0.5 else None)
+        nodes.append(Node("act", "qcfs", (cur,), {"levels": int(rng.integers(1, 9))}, {"threshold": np.asarray(theta)}))
+        cur = "act"
+    if pool is not None:
+        op, kh, kw, sh, sw = pool
+        nodes.append(Node("pool", op, (cur,), {"kernel": [kh, kw], "stride": [sh, sw], "padding": [0, 0]}))
+        cur = "pool"
+    nodes.append(Node("flatten", "flatten", (cur,)))
+    graph = Graph(spec, nodes, "flatten")
+    validate(graph)
+    features = int(np.prod(graph.node("flatten").shape))
+    nodes.append(Node("fc", "linear", ("flatten",), {}, {"weight": rng.normal(0, 1 / np.sqrt(features), (5, features)),
+                                                         "bias": rng.normal(0, 0.1, 5)}))
+    return validate(Graph(spec, nodes, "fc"))
+
+
+POOLS = st.sampled_from([None, ("avgpool2d", 2, 2, 2, 2), ("sumpool2d", 2, 2, 2, 2), ("avgpool2d", 1, 2, 1, 2),
+                         ("avgpool2d", 2, 1, 2, 1), ("sumpool2d", 1, 1, 1, 1), ("avgpool2d", 3, 3, 3, 3),
+                         ("avgpool2d", 3, 3, 2, 2)])
+
+
+@settings(deadline=None, max_examples=25)  # each new (kernel size, epilogue, pooling, dtype) compiles ~2 s
+@given(seed=st.integers(0, 2**32 - 1), k=st.sampled_from([1, 2, 3, 5]), pad=st.integers(0, 2),
+       stride=st.sampled_from([1, 1, 1, 2]), groups=st.sampled_from([1, 1, 2]), c_out=st.integers(1, 19),
+       width=st.sampled_from([1, 3, 7, 14, 16, 17, 33]), bn=st.booleans(), residual=st.booleans(),
+       act=st.sampled_from([None, "relu", "qcfs"]), pool=POOLS, batch=st.sampled_from([1, 2, 5]))
+def test_fused_chain_equals_numpy_forward(seed, k, pad, stride, groups, c_out, width, bn, residual, act, pool, batch):
+    """conv -> batchnorm -> residual add -> activation -> pooling, fused into one kernel where the executor
+    can (stride 1, groups 1, windows of one or two rows, output channels not a multiple of 8, widths
+    around the vector width, odd heights): float64 equals the NumPy definition to 1e-10, float32 to float32
+    rounding (except QCFS, whose levels may flip at float32 rounding), and the fused chain gives exactly
+    the values of the same executor op by op (BatchNorm folded), in both dtypes."""
+    rng = np.random.default_rng(seed)
+    if k > width + 2 * pad:
+        k = 1
+    try:
+        graph = chain_graph(rng, k, pad, stride, groups, c_out, width, bn, residual, act, pool)
+    except GraphError:  # shapes that do not fit (e.g. a pooling window larger than the output)
+        assume(False)
+    x = rng.uniform(0, 2, (batch,) + graph.input.shape)
+    want = numpy_forward(graph, x)
+    got64 = ann.forward(graph, x)[graph.output]
+    assert got64.dtype == np.float64
+    np.testing.assert_allclose(got64, want, rtol=1e-10, atol=1e-10 * (1 + np.abs(want).max()))
+    if act != "qcfs":
+        got32 = ann.forward(graph, x, dtype=np.float32)[graph.output]
+        assert got32.dtype == np.float32
+        np.testing.assert_allclose(got32, want, rtol=1e-4, atol=1e-4 * (1 + np.abs(want).max()))
+    steps = ann._plan(graph, [graph.output], frozenset({"input"}))
+    fused = [s for s in steps if isinstance(s, ann._Fused)]
+    fusable_pool = pool is not None and pool[1] <= 2 and pool[1:3] == pool[3:5]
+    if stride == 1 and groups == 1 and (bn or residual or act or fusable_pool):
+        assert fused  # (an add joins the chain of whichever of its two convolutions comes first)
+    op_by_op = [n.name for n in graph.nodes if n.op != "conv2d"]  # every value asked for: nothing fused but BN
+    for dtype in (np.float32, np.float64):
+        separate = ann.forward(graph, x, wanted=op_by_op, dtype=dtype)[graph.output]
+        np.testing.assert_array_equal(ann.forward(graph, x, dtype=dtype)[graph.output], separate)
+
+
+def test_plan_of_the_shipped_model(shipped):
+    """The shipped model's chains are fused once per plan; a value asked for ends its chain."""
+    graph = shipped[0]
+    steps = ann._plan(graph, [graph.output], frozenset({"input"}))
+    chains = [[n.name for n in s.nodes] for s in steps if isinstance(s, ann._Fused)]
+    assert chains == [["conv1", "bn1", "act1", "pool1"], ["conv2", "bn2", "act2"],
+                      ["res_conv1", "res_bn1", "res_act1"], ["res_conv2", "res_bn2", "res_add", "res_act2", "pool2"]]
+    steps = ann._plan(graph, ["act1", graph.output], frozenset({"input"}))
+    assert [n.name for n in steps[0].nodes] == ["conv1", "bn1", "act1"]
+    x = shipped[1][:7]
+    both = ann.forward(graph, x, wanted=["act1", "pool1", graph.output], dtype=np.float32)
+    np.testing.assert_array_equal(both[graph.output], ann.forward(graph, x, dtype=np.float32)[graph.output])
+    np.testing.assert_array_equal(both["pool1"], ann.forward(graph, x, wanted=["pool1"], dtype=np.float32)["pool1"])
+
+
+def test_random_ann_networks_fused_equal_op_by_op():
+    """Residual blocks, pooling heads and global pooling of random ANN networks: the planned, fused
+    executor gives the op-by-op values exactly (float32 and float64)."""
+    from netgen import random_network
+
+    for seed in range(12):
+        graph = random_network(seed, kind="ann", activation=("qcfs", "relu")[seed % 2])
+        x = np.random.default_rng(seed).uniform(0, 1, (3,) + graph.input.shape)
+        op_by_op = [n.name for n in graph.nodes if n.op != "conv2d"]
+        for dtype in (np.float32, np.float64):
+            np.testing.assert_array_equal(ann.forward(graph, x, dtype=dtype)[graph.output],
+                                          ann.forward(graph, x, wanted=op_by_op, dtype=dtype)[graph.output])
 
 
 @pytest.fixture(scope="module")
