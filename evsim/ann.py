@@ -183,10 +183,8 @@ def forward(graph: Graph, x: np.ndarray | None, wanted: Iterable[str] | None = N
 
 
 # --------------------------------------------------------------------------- planned, fused execution
-#: activations a convolution's epilogue applies (the ``act`` code of :func:`evsim._kernels.dense.direct_conv`;
-#: a ReLU with a maximum λ, :func:`evsim.graph.relu_caps`, is code 3)
+#: activations a convolution's epilogue applies (the ``act`` code of :func:`evsim._kernels.dense.direct_conv`)
 _FUSED_ACTIVATIONS = {"relu": 1, "qcfs": 2}
-_CLIPPED_RELU = 3
 #: poolings a convolution's epilogue applies (value: divide by the window's area)
 _FUSED_POOLS = {"avgpool2d": True, "sumpool2d": False}
 
@@ -200,7 +198,7 @@ class _Fused:
     def __init__(self, conv: Node, direct: bool):
         self.conv, self.direct = conv, direct
         self.nodes = [conv]
-        self.batchnorm = self.residual = self.activation = self.pool = self.cap = None
+        self.batchnorm = self.residual = self.activation = self.pool = None
         self._arrays: dict = {}
 
     @property
@@ -226,8 +224,6 @@ class _Fused:
             lam = s
             if self.activation is not None and self.activation.op == "qcfs":
                 lam = np.broadcast_to(self.activation.arrays["threshold"].astype(key), (c_out,))
-            elif self.cap is not None:  # a clipped ReLU's maximum λ
-                lam = np.broadcast_to(self.cap.astype(key), (c_out,))
             found = self._arrays[key] = (direct_layout(np.asarray(weight, key)), np.ascontiguousarray(s, key),
                                          np.ascontiguousarray(t, key), np.ascontiguousarray(lam, key))
         return found
@@ -242,8 +238,6 @@ class _Fused:
             value = x
             for prev, node in zip([self.conv.inputs[0]] + [n.name for n in self.nodes], self.nodes):
                 value = OPS[node.op].forward(node, [value if n == prev else values[n] for n in node.inputs])
-                if node is self.activation and self.cap is not None:
-                    value = _clip(value, self.cap)
             return value
         if not self.direct:  # conv2d -> batchnorm only
             p = self.batchnorm.arrays
@@ -271,38 +265,17 @@ class _Fused:
             if buffers is not None:
                 buffers[self] = out
         act = 0 if self.activation is None else _FUSED_ACTIVATIONS[self.activation.op]
-        if self.cap is not None:
-            act = _CLIPPED_RELU
         levels = self.activation.attrs["levels"] if act == 2 else 1
         direct_conv(x, weight, scale, shift, a["padding"][0], a["padding"][1], ho, wo, out, residual, act, levels,
                     lam, pool, divide)
         return out
 
 
-def _clip(value: np.ndarray, cap: np.ndarray) -> np.ndarray:
-    """A clipped ReLU's upper bound: ``min(value, λ)`` (λ scalar or per channel)."""
-    return np.minimum(value, _channel(cap.astype(value.dtype), value.ndim))
-
-
-class _Capped:
-    """A planned step: a ReLU with a maximum λ (:func:`evsim.graph.relu_caps`) that no chain took."""
-
-    def __init__(self, node: Node, cap: np.ndarray):
-        self.node, self.cap, self.name = node, cap, node.name
-
-    def run(self, values: dict, buffers: dict | None = None) -> np.ndarray:
-        from .ops import OPS
-
-        return _clip(OPS[self.node.op].forward(self.node, [values[n] for n in self.node.inputs]), self.cap)
-
-
 def _plan(graph: Graph, wanted: list, given: frozenset) -> list:
-    """The steps computing ``wanted`` from the ``given`` values: graph nodes (in order), :class:`_Fused`
-    chains, each placed at its last node, and :class:`_Capped` clipped ReLUs.  Planned once per graph
-    and query: :func:`predict` and :func:`accuracy` run the same plan on every batch."""
+    """The steps computing ``wanted`` from the ``given`` values: graph nodes (in order) and
+    :class:`_Fused` chains, each placed at its last node.  Planned once per graph and query:
+    :func:`predict` and :func:`accuracy` run the same plan on every batch."""
     from .ops import OPS
-
-    caps = relu_caps(graph)
 
     needed = set(wanted)
     for node in reversed(graph.nodes):
@@ -320,6 +293,7 @@ def _plan(graph: Graph, wanted: list, given: frozenset) -> list:
         reader = found[0]
         return reader if reader.name in needed and reader.name not in given and reader.name not in absorbed else None
 
+    caps = relu_caps(graph)  # ReLUs with a maximum λ
     chains: dict[str, _Fused] = {}
     absorbed: set = set()  # nodes inside a chain (read by next_private: an add joins one chain only)
     for node in graph.nodes:
@@ -340,9 +314,8 @@ def _plan(graph: Graph, wanted: list, given: frozenset) -> list:
                 step.residual = other
                 step.nodes.append(nxt)
                 nxt = next_private(nxt.name)
-            if nxt is not None and nxt.op in _FUSED_ACTIVATIONS:
+            if nxt is not None and nxt.op in _FUSED_ACTIVATIONS and nxt.name not in caps:  # a clip: unfused
                 step.activation = nxt
-                step.cap = caps.get(nxt.name)
                 step.nodes.append(nxt)
                 nxt = next_private(nxt.name)
             pa = nxt.attrs if nxt is not None and nxt.op in _FUSED_POOLS else None
@@ -363,8 +336,19 @@ def _plan(graph: Graph, wanted: list, given: frozenset) -> list:
             if OPS[node.op].forward is None:
                 raise ConversionError(describe(f"node '{node.name}'", "an op the ANN executor can evaluate",
                                                repr(node.op), "evaluate the ANN model, not the SNN file"))
-            steps.append(_Capped(node, caps[node.name]) if node.name in caps else node)
+            steps.append(_Clipped(node, caps[node.name]) if node.name in caps else node)
     return steps
+
+
+class _Clipped:
+    """A planned step: a ReLU with a maximum λ, ``min(max(z, 0), λ)`` (``metadata["relu_max"]``)."""
+
+    def __init__(self, node: Node, lam: np.ndarray):
+        self.node, self.lam, self.name = node, lam, node.name
+
+    def run(self, values: dict, buffers: dict | None = None) -> np.ndarray:
+        z = values[self.node.inputs[0]]
+        return np.clip(z, 0, _channel(self.lam.astype(z.dtype), z.ndim))
 
 
 def _run(steps: list, values: dict, buffers: dict | None = None) -> None:
@@ -374,7 +358,7 @@ def _run(steps: list, values: dict, buffers: dict | None = None) -> None:
     from .ops import OPS
 
     for step in steps:
-        if isinstance(step, (_Fused, _Capped)):
+        if isinstance(step, (_Fused, _Clipped)):
             values[step.name] = step.run(values, buffers)
         else:
             values[step.name] = OPS[step.op].forward(step, [values[name] for name in step.inputs])

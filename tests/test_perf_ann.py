@@ -192,7 +192,8 @@ def test_fused_chain_equals_numpy_forward(seed, k, pad, stride, groups, c_out, w
     steps = ann._plan(graph, [graph.output], frozenset({"input"}))
     fused = [s for s in steps if isinstance(s, ann._Fused)]
     fusable_pool = pool is not None and pool[1] <= 2 and pool[1:3] == pool[3:5]
-    if stride == 1 and groups == 1 and (bn or residual or act or fusable_pool):
+    fusable_act = act in ("relu", "qcfs")  # a clipped ReLU stays a step of its own
+    if stride == 1 and groups == 1 and (bn or residual or fusable_act or (fusable_pool and act != "clipped")):
         assert fused  # (an add joins the chain of whichever of its two convolutions comes first)
     op_by_op = [n.name for n in graph.nodes if n.op != "conv2d"]  # every value asked for: nothing fused but BN
     for dtype in (np.float32, np.float64):

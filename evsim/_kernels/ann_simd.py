@@ -3,8 +3,7 @@
 Lane-wise operations on the :class:`evsim._kernels.simd.Vector` accumulators, each the exact IEEE
 operation sequence of the scalar (NumPy) pass it replaces, so that fusing them into the
 convolution changes no value: the per-channel affine map ``a * s + t`` (a multiplication then an
-addition, no fused multiply-add, as :func:`evsim._kernels.dense.channel_affine`), ReLU, clipped
-ReLU and QCFS
+addition, no fused multiply-add, as :func:`evsim._kernels.dense.channel_affine`), ReLU and QCFS
 (as :func:`evsim._kernels.dense.qcfs_forward`).  Only the ANN executor uses them.
 """
 from llvmlite import ir
@@ -12,7 +11,7 @@ from numba.extending import intrinsic
 
 from .simd import Vector
 
-__all__ = ["vaffine", "vclip", "vqcfs", "vrelu"]
+__all__ = ["vaffine", "vqcfs", "vrelu"]
 
 
 def _splat(builder, vector_type, scalar):
@@ -53,22 +52,6 @@ def vrelu(typingctx, a):
     def codegen(context, builder, sig, args):
         zero = ir.Constant(args[0].type, None)
         return builder.select(builder.fcmp_ordered("<", args[0], zero), zero, args[0])
-    return sig, codegen
-
-
-@intrinsic
-def vclip(typingctx, a, cap):
-    """Lane-wise clipped ReLU ``cap if r > cap else r`` of ``r = 0 if a < 0 else a`` (NaN stays NaN; the
-    values of ``min(max(a, 0), cap)``)."""
-    if not isinstance(a, Vector) or cap != a.dtype:
-        return None
-    sig = a(a, cap)
-
-    def codegen(context, builder, sig, args):
-        zero = ir.Constant(args[0].type, None)
-        top = _splat(builder, args[0].type, args[1])
-        r = builder.select(builder.fcmp_ordered("<", args[0], zero), zero, args[0])
-        return builder.select(builder.fcmp_ordered(">", r, top), top, r)
     return sig, codegen
 
 

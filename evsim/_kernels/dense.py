@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from ._flags import JIT
-from .ann_simd import vaffine, vclip, vqcfs, vrelu
+from .ann_simd import vaffine, vqcfs, vrelu
 from .simd import vadd, vfma, vload, vstore, vzeros
 
 __all__ = ["im2col", "qcfs_forward", "pool_sum", "channel_affine", "events_to_cols", "events_to_dense", "direct_conv",
@@ -354,8 +354,6 @@ def _direct(x, w, scale, shift, pad_h, pad_w, out_h, out_w, residual, levels, la
                                 acc = vrelu(acc)
                             elif _ACT == 2:  # noqa: F821
                                 acc = vqcfs(acc, big_l, lam[o + k])
-                            elif _ACT == 3:  # noqa: F821
-                                acc = vclip(acc, lam[o + k])
                             vstore(tile_flat, t0, acc)
                 if _POOL_H * _POOL_W == 1:  # noqa: F821
                     for r in range(min(2, n_rows - oy)):
@@ -392,7 +390,7 @@ def direct_conv(x, w, scale, shift, pad_h, pad_w, out_h, out_w, out, residual=No
     """Stride-1, dilation-1, groups-1 convolution, NCHW, without im2col, with an optional fused epilogue:
     ``z[b, o] = conv(x[b], w)[o] * scale[o] + shift[o]`` (the bias, or a BatchNorm folded in), then
     ``z += residual`` (a residual add), then the activation ``act`` (0 none, 1 ReLU ``max(z, 0)``,
-    2 QCFS with ``levels`` and ``lam``, as :func:`qcfs_forward`, 3 clipped ReLU ``min(max(z, 0), lam)``), then a sum (``pool_div``: average)
+    2 QCFS with ``levels`` and ``lam``, as :func:`qcfs_forward`), then a sum (``pool_div``: average)
     pooling over non-overlapping ``pool`` windows (stride = window, no padding, as :func:`pool_sum`):
     each in the dtype of ``x``, in the order of the separate passes (the same values).  Pooling windows
     of one or two rows only (``pool[0]`` 1 or 2).
@@ -413,7 +411,7 @@ def direct_conv(x, w, scale, shift, pad_h, pad_w, out_h, out_w, out, residual=No
         Written.
     residual : ndarray, (B, C_out, out_h, out_w) float, optional
     lam : ndarray, (C_out,) float, optional
-        QCFS thresholds (``act`` 2) or the clipped ReLU's maxima (``act`` 3).
+        QCFS thresholds (``act`` 2).
     """
     if pool[0] not in (1, 2):
         raise ValueError(f"direct_conv: pooling windows of 1 or 2 rows, not {pool[0]}")
