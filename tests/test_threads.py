@@ -112,3 +112,14 @@ def test_auto_adapts_exactly_when_openmp_workers_spin(before, spins):
         pytest.skip(f"Numba threading layer {layer}: no OpenMP wait policy")
     assert (spin, adapt) == (str(spins), str(spins))
     assert policy == ("default" if spins else "passive")
+
+
+def test_short_windows_keep_the_last_estimate():
+    """Ticks are 10 ms: a window of a few ticks is mostly rounding, so it does not change the count."""
+    state = {"now": proc({0: (0, 0), 1: (0, 0)}, 0)}
+    budget = ThreadBudget(lambda path: state["now"](path), {0, 1})
+    assert budget.threads(2) == 2
+    state["now"] = proc({0: (2, 1), 1: (1, 2)}, 1)  # 3 ticks per CPU: 2 busy ticks not ours = "0.67 cores"
+    assert budget.threads(2) == 2 and budget.others == 0.0
+    state["now"] = proc({0: (2 + 40, 1), 1: (1, 2 + 40)}, 1)  # 43 ticks: another process on a core
+    assert budget.threads(2) == 1 and budget.others == pytest.approx(42 / 43, abs=0.01)  # the whole window since the first sample
