@@ -478,7 +478,7 @@ class FileSource:
                 "use a smaller --batch-size or fewer --samples"))
         reader = self._open()
         try:
-            x = self._read_aer(reader, start, stop) if self.aer else reader.read("x", start, stop)
+            x = self._read_aer(reader, start, stop, limit) if self.aer else reader.read("x", start, stop)
             y = reader.read("y", start, stop) if labels and self.has_labels else None
         except EvsimError:
             raise
@@ -491,22 +491,23 @@ class FileSource:
             y = check_labels(y, self.n_classes, src, start)
         return x, y
 
-    def _read_aer(self, reader, start: int, stop: int) -> np.ndarray:
+    def _read_aer(self, reader, start: int, stop: int, limit: int) -> np.ndarray:
         """Samples ``[start, stop)`` of AER event lists as event frames ``(B, bins, C, H, W)`` of counts."""
         src = str(self.path)
         off = reader.read("offsets", start, stop + 1).astype(np.int64)
         counts = np.diff(off)
-        if off[0] < 0 or off[-1] > self._events or np.any(counts < 0):
-            bad = int(np.argmax(counts < 0)) if np.any(counts < 0) else 0
-            raise DataError(describe(f"{src}, 'offsets'", f"non-decreasing offsets within [0, {self._events}] "
-                                     "(the number of events)", f"offsets[{start + bad}:{start + bad + 2}] = "
-                                     f"{off[bad:bad + 2].tolist()}" if np.any(counts < 0) else
+        expected = f"non-decreasing offsets within [0, {self._events}] (the number of events)"
+        if np.any(counts < 0):
+            bad = int(np.argmax(counts < 0))
+            raise DataError(describe(f"{src}, 'offsets'", expected,
+                                     f"offsets[{start + bad}:{start + bad + 2}] = {off[bad:bad + 2].tolist()}"))
+        if off[0] < 0 or off[-1] > self._events:
+            raise DataError(describe(f"{src}, 'offsets'", expected,
                                      f"a range [{off[0]}, {off[-1]}] for samples [{start}, {stop})"))
         _, ev_dtype = reader.info("events")
-        need = float(off[-1] - off[0]) * ev_dtype.itemsize
-        if need > memory_limit():
+        if float(off[-1] - off[0]) * ev_dtype.itemsize > limit:
             raise ResourceLimitError(describe(
-                src, f"the events of one batch in at most {memory_limit()} bytes (EVSIM_MEMORY_LIMIT)",
+                src, f"the events of one batch in at most {limit} bytes (EVSIM_MEMORY_LIMIT)",
                 f"{off[-1] - off[0]} events for samples [{start}, {stop})", "use a smaller --batch-size"))
         events = reader.read("events", int(off[0]), int(off[-1])) if off[-1] > off[0] else \
             np.zeros((0,) if ev_dtype.names else (0, 4), ev_dtype)

@@ -147,27 +147,31 @@ def _plan(net: Network) -> tuple[list[_Stage], list[int]]:
     return stages, slot_sizes
 
 
-class _Serial:
-    """Context: one Numba thread for a call whose estimated work is below
+class _Threads:
+    """Context: run the block on ``n`` Numba threads (None: leave the count alone), then restore the
+    count.  :meth:`serial_below` gives one thread to a call whose estimated work is below
     :data:`~evsim._kernels.tuning.MIN_PARALLEL_NS` (a parallel region costs a barrier: tens of
     microseconds on an idle machine, a scheduler time slice when the other thread is descheduled
     on a busy one); ``EVSIM_MIN_PARALLEL_NS`` overrides the threshold (0: always parallel)."""
 
-    __slots__ = ("saved", "serial")
+    __slots__ = ("n", "saved")
 
-    def __init__(self, est_ns: float):
-        self.serial = est_ns < _min_parallel_ns()
-        self.saved = 0
+    def __init__(self, n: int | None):
+        self.n, self.saved = n, 0
+
+    @classmethod
+    def serial_below(cls, est_ns: float) -> "_Threads":
+        return cls(1 if est_ns < _min_parallel_ns() else None)
 
     def __enter__(self):
-        if self.serial:
+        if self.n is not None:
             import numba
             self.saved = numba.get_num_threads()
-            numba.set_num_threads(1)
+            numba.set_num_threads(self.n)
         return self
 
     def __exit__(self, *exc):
-        if self.serial:
+        if self.n is not None:
             import numba
             numba.set_num_threads(self.saved)
         return False
@@ -328,13 +332,9 @@ class Simulator:
         configured = numba.get_num_threads()
         # no more threads than idle cores: a thread waiting for a busy core stalls every region
         threads = self.thread_budget.threads(configured) if adapt_enabled() else configured
-        numba.set_num_threads(threads)
-        try:
-            # work items differ in size (steps, parts of a layer): hand them out one at a time
-            with numba.parallel_chunksize(1):
-                predictions, stats, logits, counts = self._run_batch(x, T, steps, record)
-        finally:
-            numba.set_num_threads(configured)
+        # work items differ in size (steps, parts of a layer): hand them out one at a time
+        with _Threads(threads), numba.parallel_chunksize(1):
+            predictions, stats, logits, counts = self._run_batch(x, T, steps, record)
         self.last_threads = threads
         correct = None if y is None else (predictions == np.asarray(y)[:, None]).sum(axis=0).astype(np.int64)
         layers = {name: {c: np.ascontiguousarray(stat[:, i]) for i, c in enumerate(COUNTERS)}
@@ -402,7 +402,7 @@ class Simulator:
         from_input = frames is not None and stage.name in self.input_scatters
         fused = first is not None and getattr(self.scatters[first], "fuses_init", False) and not from_input
         if not fused:  # pre-load the constant current (a gather kernel starts from it instead)
-            with _Serial(items * stage.size * tuning.NS_PER_FILL):
+            with _Threads.serial_below(items * stage.size * tuning.NS_PER_FILL):
                 K.fill_rows(current, base)
             t0 = self._timed(stage.name, "fill", t0)
         if from_input:  # event frames: the input's events of every step, like any source's
@@ -415,7 +415,7 @@ class Simulator:
             args = (ev_idx.reshape(items, -1), ev_cnt.reshape(items, -1), nev.reshape(items), flat)
             est = float(nev.sum()) * self.mean_fanout[i] * tuning.NS_PER_SOP + (
                 items * stage.size * tuning.NS_PER_FILL if fused and i == first else 0.0)
-            with _Serial(est):
+            with _Threads.serial_below(est):
                 if fused and i == first:
                     self.scatters[i](*args, init=base, per_row=T)
                 else:
@@ -513,7 +513,7 @@ class Simulator:
                     nev_parts = np.empty((b, tc, n_parts), np.int64)
                     part_stats = np.empty((b, tc, n_parts, 3), np.int64)
                     t0 = time.perf_counter()
-                    with _Serial(b * tc * stage.size * tuning.NS_PER_NEURON_STEP):
+                    with _Threads.serial_below(b * tc * stage.size * tuning.NS_PER_NEURON_STEP):
                         self.neuron_runs[p.name](current, bounds, self.fanout[p.name], ev_idx, ev_cnt, nev_parts,
                                                  part_stats, states[p.name], resume)
                     if n_parts > 1:

@@ -62,10 +62,10 @@ def openmp_spins() -> bool:
     from ._omp import policy_in_force
 
     try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel code ran yet: the threads start with the policy in the environment
-        return os.environ.get("OMP_WAIT_POLICY", "").strip().lower() != "passive"
-    return layer == "omp" and policy_in_force() != "passive"
+        is_omp = numba.threading_layer() == "omp"
+    except ValueError:  # no parallel code ran yet: the threads will start with the policy in force now
+        is_omp = True
+    return is_omp and policy_in_force() != "passive"
 
 
 def _read(path: str) -> str | None:

@@ -3,15 +3,9 @@
 Kernels take only NumPy arrays and scalars, never raise, and do no validation: the engine checks
 shapes and coerces dtypes/contiguity before calling them. Compilation flags live in ``_flags``.
 
-``OMP_WAIT_POLICY`` defaults to ``passive`` here (unless set): Numba's OpenMP workers then sleep
-at a barrier instead of spinning.  On a machine with more runnable threads than cores a spinning
-worker holds its core while the thread it waits for is descheduled; a ResNet-20 batch took
-0.2-2.6 s instead of 0.02 s that way (docs/performance.md).  It must be set before the OpenMP
-runtime loads (Numba's first parallel kernel), hence here.
+Numba's OpenMP workers sleep at barriers (``OMP_WAIT_POLICY=passive``): ``evsim/_omp.py`` sets
+that when the ``evsim`` package is imported, which always happens before this subpackage loads.
 """
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 from .dense import channel_affine, events_to_cols, events_to_dense, im2col, pool_sum, qcfs_forward
 from .gather import aligned, event_segments, gather_conv, gather_layout
 from .neurons import gn_run, if_run, join_parts, signed_if_run

@@ -9,24 +9,9 @@ addition, no fused multiply-add, as :func:`evsim._kernels.dense.channel_affine`)
 from llvmlite import ir
 from numba.extending import intrinsic
 
-from .simd import Vector
+from .simd import Vector, call_intrinsic, splat
 
 __all__ = ["vaffine", "vqcfs", "vrelu"]
-
-
-def _splat(builder, vector_type, scalar):
-    vec = builder.insert_element(ir.Constant(vector_type, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-    mask = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count), [0] * vector_type.count)
-    return builder.shuffle_vector(vec, ir.Constant(vector_type, ir.Undefined), mask)
-
-
-def _floor(builder, value):
-    vector_type = value.type
-    element = "f32" if vector_type.element == ir.FloatType() else "f64"
-    name = f"llvm.floor.v{vector_type.count}{element}"
-    fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vector_type, [vector_type]),
-                                                         name=name)
-    return builder.call(fn, [value])
 
 
 @intrinsic
@@ -38,7 +23,7 @@ def vaffine(typingctx, a, s, t):
 
     def codegen(context, builder, sig, args):
         vt = args[0].type
-        return builder.fadd(builder.fmul(args[0], _splat(builder, vt, args[1])), _splat(builder, vt, args[2]))
+        return builder.fadd(builder.fmul(args[0], splat(builder, vt, args[1])), splat(builder, vt, args[2]))
     return sig, codegen
 
 
@@ -65,12 +50,13 @@ def vqcfs(typingctx, a, levels, lam):
 
     def codegen(context, builder, sig, args):
         vt = args[0].type
-        big_l, lc = _splat(builder, vt, args[1]), _splat(builder, vt, args[2])
+        big_l, lc = splat(builder, vt, args[1]), splat(builder, vt, args[2])
         element = vt.element
         half = ir.Constant(vt, [ir.Constant(element, 0.5)] * vt.count)
         zero = ir.Constant(vt, None)
         one = ir.Constant(vt, [ir.Constant(element, 1.0)] * vt.count)
-        q = builder.fdiv(_floor(builder, builder.fadd(builder.fdiv(builder.fmul(args[0], big_l), lc), half)), big_l)
+        scaled = builder.fadd(builder.fdiv(builder.fmul(args[0], big_l), lc), half)
+        q = builder.fdiv(call_intrinsic(builder, "floor", scaled), big_l)
         q = builder.select(builder.fcmp_ordered("<", q, zero), zero, q)
         q = builder.select(builder.fcmp_ordered(">", q, one), one, q)
         return builder.fmul(lc, q)

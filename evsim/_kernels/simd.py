@@ -33,6 +33,24 @@ class _VectorModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.width))
 
 
+def splat(builder, vector_type, scalar):
+    """IR: a vector of ``vector_type`` with ``scalar`` in every lane."""
+    vec = builder.insert_element(ir.Constant(vector_type, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count), [0] * vector_type.count)
+    return builder.shuffle_vector(vec, ir.Constant(vector_type, ir.Undefined), mask)
+
+
+def call_intrinsic(builder, name: str, *operands):
+    """IR: call the LLVM vector intrinsic ``llvm.NAME`` on operands of one vector type (declared once
+    per module), e.g. ``call_intrinsic(builder, "fma", a, b, c)``."""
+    vector_type = operands[0].type
+    element = "f32" if vector_type.element == ir.FloatType() else "f64"
+    full = f"llvm.{name}.v{vector_type.count}{element}"
+    fn = builder.module.globals.get(full) or ir.Function(
+        builder.module, ir.FunctionType(vector_type, [vector_type] * len(operands)), name=full)
+    return builder.call(fn, list(operands))
+
+
 def _address(context, builder, array_type, array, index):
     data = context.make_array(array_type)(context, builder, array).data
     return builder.gep(data, [index])
@@ -89,12 +107,7 @@ def vscale(typingctx, a, k):
     sig = a(a, k)
 
     def codegen(context, builder, sig, args):
-        vector_type = args[0].type
-        splat = ir.Constant(vector_type, ir.Undefined)
-        splat = builder.insert_element(splat, args[1], ir.Constant(ir.IntType(32), 0))
-        splat = builder.shuffle_vector(splat, ir.Constant(vector_type, ir.Undefined),
-                                       ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count), [0] * vector_type.count))
-        return builder.fmul(args[0], splat)
+        return builder.fmul(args[0], splat(builder, args[0].type, args[1]))
     return sig, codegen
 
 
@@ -120,14 +133,5 @@ def vfma(typingctx, a, k, c):
     sig = a(a, k, c)
 
     def codegen(context, builder, sig, args):
-        vector_type = args[0].type
-        splat = ir.Constant(vector_type, ir.Undefined)
-        splat = builder.insert_element(splat, args[1], ir.Constant(ir.IntType(32), 0))
-        splat = builder.shuffle_vector(splat, ir.Constant(vector_type, ir.Undefined),
-                                       ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count), [0] * vector_type.count))
-        element = "f32" if vector_type.element == ir.FloatType() else "f64"
-        name = f"llvm.fma.v{vector_type.count}{element}"
-        fma = builder.module.globals.get(name) or ir.Function(
-            builder.module, ir.FunctionType(vector_type, [vector_type] * 3), name=name)
-        return builder.call(fma, [args[0], splat, args[2]])
+        return call_intrinsic(builder, "fma", args[0], splat(builder, args[0].type, args[1]), args[2])
     return sig, codegen

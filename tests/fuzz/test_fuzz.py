@@ -90,6 +90,12 @@ def _data_bytes(batch, tmp_path_factory):
     _check(harness.run_api("data", files), d)
 
 
+def _aer(batch, tmp_path_factory):
+    d = _fresh(tmp_path_factory, "aer")
+    files = corpus.write_all(batch, d)
+    _check(harness.run_api("aer", files), d)
+
+
 @settings(CI, max_examples=4)
 @given(batch=st.lists(corpus.model_cases, min_size=60, max_size=60))
 def test_structure_mutations_are_refused_cleanly(batch, tmp_path_factory):
@@ -117,16 +123,14 @@ def test_data_byte_mutations_are_refused_cleanly(batch, tmp_path_factory):
 @settings(CI, max_examples=2)
 @given(batch=st.lists(corpus.aer_cases, min_size=50, max_size=50))
 def test_aer_mutations_are_refused_cleanly(batch, tmp_path_factory):
-    d = _fresh(tmp_path_factory, "aer")
-    _check(harness.run_api("aer", corpus.write_all(batch, d)), d)
+    _aer(batch, tmp_path_factory)
 
 
 @pytest.mark.fuzz
 @LONG
 @given(batch=st.lists(corpus.aer_cases, min_size=50, max_size=50))
 def test_campaign_aer(batch, tmp_path_factory):
-    d = _fresh(tmp_path_factory, "aer")
-    _check(harness.run_api("aer", corpus.write_all(batch, d)), d)
+    _aer(batch, tmp_path_factory)
 
 
 # --------------------------------------------------------------------------- the CLI
